@@ -18,6 +18,8 @@ typedef struct rpc_metadata {
     const char *authorization; /* "Bearer ..." or "" */
     const char *user_agent;    /* x-user-agent (the end client's, set by the gateway), else user-agent */
     const char *client_ip;     /* x-client-ip (set by the gateway) */
+    const char *actor_id;      /* x-actor-id: the verified token subject (set by the gateway or auth;
+                                  internal callers are trusted), for audit logs; "" = system */
 } rpc_metadata;
 
 /* What a handler gets besides its request. Lives for the call. */
