@@ -24,13 +24,17 @@ int ts_main(const char *suite, const ts_case *cases)
     return failed == 0 && run > 0 ? 0 : 1;
 }
 
-const char *ts_env(const char *name) { return getenv(name); }
+const char *ts_env(const char *name)
+{
+    return getenv(name);
+}
 
 const char *ts_need_env(const char *name)
 {
     const char *v = getenv(name);
     if (!v || !*v) {
-        fprintf(stderr, "test needs %s: run it through ctest (the harness fixture sets it)\n", name);
+        fprintf(stderr, "test needs %s: run it through ctest (the harness fixture sets it)\n",
+                name);
         exit(2);
     }
     return v;
@@ -216,4 +220,19 @@ const char *ts_bin(const char *name)
     static __thread char buf[512];
     snprintf(buf, sizeof buf, "%s/bin/%s", ts_need_env("IDENTITY_BUILD_DIR"), name);
     return buf;
+}
+
+int ts_harness(const char *cmd)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "'%s/tests/support/harness' %s", ts_need_env("IDENTITY_SOURCE_DIR"),
+             cmd);
+    return ts_system(buf);
+}
+
+long long ts_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

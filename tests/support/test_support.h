@@ -18,12 +18,11 @@ int ts_main(const char *suite, const ts_case *cases);
 const char *ts_env(const char *name);
 const char *ts_need_env(const char *name);
 
-/* libpq conninfo for the harness PostgreSQL as `role` (password-less on loopback), database identity. */
+/* libpq conninfo for the harness PostgreSQL as `role` (password-less on loopback), database
+ * identity. */
 const char *ts_pg_conninfo(const char *role);
 /* "redis://127.0.0.1:<REDIS_PORT>/0" */
 const char *ts_redis_url(void);
-
-#endif
 
 /* A fresh database named `name` (dropped first if it exists) in the harness cluster, with
  * deploy/postgres/init.sql applied; returns the conninfo for `role` in it. Each test program uses
@@ -52,3 +51,12 @@ int ts_wait_port(int port, int timeout_ms);
 int ts_stop(int pid, int sig, int timeout_ms);
 /* Path of a built binary: $IDENTITY_BUILD_DIR/bin/<name>. */
 const char *ts_bin(const char *name);
+
+/* Runs `tests/support/harness <cmd>` on the running harness (fault tests: "pg-restart",
+ * "redis-stop", "redis-start", "status"); returns its exit status. A test that stops a server must
+ * start it again on every path, failed assertions included (later tests share the harness). */
+int ts_harness(const char *cmd);
+/* CLOCK_MONOTONIC in milliseconds. */
+long long ts_now_ms(void);
+
+#endif

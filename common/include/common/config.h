@@ -34,5 +34,9 @@ void config_log(const config_opt *table, size_t n, const void *cfg);
 void config_free(const config_opt *table, size_t n, void *cfg);
 /* Writes "NAME=default  # help" lines (for --help). */
 void config_print_help(const config_opt *table, size_t n);
+/* Copies s into out (always NUL-terminated, truncated to len) with passwords replaced by "***":
+ * a URL's userinfo password (scheme://user:***@host) and a conninfo `password=***` value. For
+ * logging connection strings and error messages that may quote them. */
+void config_redact(const char *s, char *out, size_t len);
 
 #endif

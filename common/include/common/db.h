@@ -21,6 +21,8 @@ typedef struct db_pool_opts {
     int statement_timeout_ms; /* SET statement_timeout on each connection; 0 = none */
     int connect_timeout_s;    /* libpq connect_timeout; 0 = 5 */
     int slow_query_ms;        /* queries slower than this are logged (warn); 0 = off */
+    const char *application_name; /* pg_stat_activity name; NULL = program name (a conninfo
+                                     application_name wins) */
 } db_pool_opts;
 
 typedef struct db_pool_stats {
@@ -52,17 +54,25 @@ void db_release(db_pool *p, db_conn *c);
 /* Runs one parameterised statement (text params, NULL = SQL NULL), prepared once per connection and
  * cached by its SQL text. Errors: ERR_ALREADY_EXISTS (23505), ERR_FAILED_PRECONDITION (23503,
  * 23514), ERR_ABORTED (40001, 40P01), ERR_DEADLINE_EXCEEDED (57014), ERR_UNAVAILABLE (connection
- * lost: the connection is marked broken), ERR_INTERNAL otherwise. out may be NULL. */
+ * lost, class 08, 57P01-03, 53300: the connection is marked broken), ERR_INTERNAL otherwise.
+ * e->msg is "db: <server's primary message> (SQLSTATE xxxxx)" (no DETAIL, so no row values).
+ * out may be NULL. Not thread-safe: one connection, one thread at a time. */
 err_code db_exec(db_conn *c, const char *sql, int nparams, const char *const *params,
                  db_result **out, err_info *e);
 /* Runs a multi-statement script without parameters (migrations, tests). */
 err_code db_exec_script(db_conn *c, const char *sql, err_info *e);
 
+/* BEGIN (ERR_INTERNAL if a transaction is already open). */
 err_code db_begin(db_conn *c, err_info *e);
+/* COMMIT. ERR_ABORTED when the transaction had failed (it is rolled back; PostgreSQL would answer
+ * COMMIT with ROLLBACK silently); commit-time errors map as for db_exec. */
 err_code db_commit(db_conn *c, err_info *e);
 void db_rollback(db_conn *c);
 /* SQLSTATE of the last failed statement ("" if none). */
 const char *db_last_sqlstate(db_conn *c);
+/* Constraint named by the last failed statement (23505 etc.; "" if none), e.g. to tell which
+ * unique key was violated. */
+const char *db_last_constraint(db_conn *c);
 /* Log ids for slow-query lines of this connection's current user. */
 void db_set_log_ctx(db_conn *c, const log_ctx *ctx);
 

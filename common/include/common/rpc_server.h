@@ -54,6 +54,10 @@ typedef struct rpc_server_opts {
     int max_message_bytes;    /* receive/send cap (default 4 MiB) */
     int max_inflight;         /* calls in flight above this → RESOURCE_EXHAUSTED (0 = 1000) */
     void *state;              /* handed to handlers as ctx->state */
+    /* Optional: called once per finished call (any code, unknown methods included) on a worker
+     * thread, e.g. to count calls and observe latency. Must be thread-safe and quick. */
+    void (*on_call_done)(void *arg, const char *method, err_code code, double seconds);
+    void *on_call_done_arg;
 } rpc_server_opts;
 
 typedef struct rpc_server rpc_server;
@@ -62,6 +66,9 @@ typedef struct rpc_server rpc_server;
  * does it). Fails with ERR_UNAVAILABLE when the port is taken (so_reuseport off). */
 rpc_server *rpc_server_new(const rpc_server_opts *opts, const rpc_method *methods, size_t n,
                            err_info *e);
+/* Replaces opts.state (for owners that build their state after the server, as svc_main does).
+ * Call before rpc_server_start: handlers read it without a lock. */
+void rpc_server_set_state(rpc_server *s, void *state);
 /* Starts the worker threads; returns at once. */
 err_code rpc_server_start(rpc_server *s, err_info *e);
 int rpc_server_port(const rpc_server *s);

@@ -7,6 +7,7 @@
 #include "common/cache.h"
 #include "common/config.h"
 #include "common/db.h"
+#include "common/metrics.h"
 #include "common/rpc_server.h"
 
 /* Options every service has (env names in docs/CONFIGURATION.md). */
@@ -34,6 +35,7 @@ typedef struct svc_env {
     db_pool *db;
     cache *cache;
     rpc_server *server;
+    metrics_registry *metrics; /* served on METRICS_ADDR; start() may add its own families */
     void *state; /* set by start(); handlers get it as ctx->state */
 } svc_env;
 
