@@ -24,7 +24,7 @@ static void test_metrics_render(void)
     size_t len = 0;
     char *text = metrics_render(r, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);
-    CU_ASSERT_PTR_NOT_NULL(strstr(text, "user_outbox_backlog 0"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "outbox_backlog 0"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "user_outbox_published_total"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "user_cache_requests_total{result=\"hit\"} 0"));
     free(text);
