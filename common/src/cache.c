@@ -398,7 +398,7 @@ static err_code cache_run(cache *c, int argc, const char **argv, const size_t *l
 err_code cache_get(cache *c, const char *key, char **val, size_t *len, err_info *e)
 {
     const char *argv[] = {"GET", key};
-    redisReply *r;
+    redisReply *r = NULL;
     err_code rc = cache_run(c, 2, argv, NULL, &r, e);
     if (rc != ERR_OK)
         return rc;
@@ -428,7 +428,7 @@ err_code cache_get(cache *c, const char *key, char **val, size_t *len, err_info 
 /* Status/integer commands whose error reply is a bug or a wrong key type: ERR_INTERNAL. */
 static err_code cache_simple(cache *c, int argc, const char **argv, const size_t *lens, err_info *e)
 {
-    redisReply *r;
+    redisReply *r = NULL;
     err_code rc = cache_run(c, argc, argv, lens, &r, e);
     if (rc != ERR_OK)
         return rc;
@@ -460,7 +460,7 @@ err_code cache_command(cache *c, int argc, const char **argv, const size_t *lens
 {
     if (argc < 1)
         return err_set(e, ERR_INVALID_ARGUMENT, "cache: empty command");
-    redisReply *r;
+    redisReply *r = NULL;
     err_code rc = cache_run(c, argc, argv, lens, &r, e);
     if (rc != ERR_OK)
         return rc;
