@@ -1,11 +1,16 @@
 /* rpc_client: one gRPC channel per target; blocking and asynchronous unary calls with deadline,
- * metadata pass-on, parent propagation, and google.rpc.Status details parsed into err_info. */
+ * metadata pass-on, parent propagation, google.rpc.Status details parsed into err_info, and the
+ * resilience policy of SPEC §3: a circuit breaker per target, a deadline margin, and budgeted
+ * retries of idempotent reads (docs/arch/resilience.md). */
 #include "common/rpc_client.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -15,15 +20,26 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "rpc_internal.h"
 
 #define MAX_MD 6
+#define DEFAULT_MARGIN_MS 5
+#define CIRCUIT_OPEN "circuit open"
 
 typedef struct method_handle {
     char *name;
     void *handle;
 } method_handle;
+
+typedef struct call_state call_state;
+
+/* Metric families and this client's fixed series (NULL when the client has no registry). */
+typedef struct client_metrics {
+    metrics_family *handled, *seconds, *state, *transitions, *rejected, *retries, *skipped;
+    metrics_series *s_state, *s_rejected, *s_retries, *s_skipped, *s_to[3];
+} client_metrics;
 
 struct rpc_client {
     grpc_channel *ch;
@@ -36,29 +52,269 @@ struct rpc_client {
     grpc_completion_queue *acq; /* async calls; drained by athr */
     pthread_t athr;
     bool athr_started;
+
+    /* resilience */
+    breaker *br;
+    void (*user_transition)(void *, const char *, breaker_state, breaker_state);
+    void *user_transition_arg;
+    retry_opts ropts;
+    retry_budget *budget;
+    int margin_ms;
+    client_metrics m;
+    bool has_metrics;
+    atomic_uint_fast64_t n_attempts, n_retries, n_rejected, n_skipped;
+
+    /* Async retries waiting for their backoff, sorted by due time. Touched only by the async
+     * thread, except `closing`, which qmu guards against a re-issue racing the queue's shutdown. */
+    call_state *retry_head;
+    pthread_mutex_t qmu;
+    bool closing;
 };
 
-/* Everything one call needs until its batch completes (sync: on the stack; async: heap). */
-typedef struct call_state {
+/* One logical call (its attempts share it). Sync: on the caller's stack; async: heap. */
+struct call_state {
+    /* per attempt */
     grpc_call *call;
     grpc_byte_buffer *req_bb, *resp_bb;
-    grpc_metadata md[MAX_MD];
-    size_t nmd;
-    char tp[64];
     grpc_metadata_array init_md, trail_md;
     grpc_status_code status;
     grpc_slice details;
     const char *error_string;
+    int64_t t0; /* attempt start, ms */
+    /* per logical call */
+    grpc_metadata md[MAX_MD];
+    size_t nmd;
+    char tp[64];
+    const char *method;   /* async: owned copy */
+    void *mh;             /* registered-call handle */
+    grpc_slice req;       /* packed request, kept for retries */
+    grpc_call *parent;    /* server call we run inside (async: a reference is held) */
+    int64_t deadline_ms;  /* absolute, margin already taken off */
+    bool idempotent;
+    bool bypass_breaker;  /* RPC_CALL_BYPASS_BREAKER: neither asked nor taught */
+    int attempts;         /* made so far */
     /* async only */
     rpc_client *c;
     const ProtobufCMessageDescriptor *resp_desc;
     arena *a;
     rpc_client_done done;
     void *arg;
-    char *md_copy; /* async: metadata values copied here */
-} call_state;
+    char *md_copy;        /* metadata values copied here */
+    char *method_copy;
+    int64_t due_ms;       /* retry queue */
+    err_code last_rc;     /* what the caller gets if the retry cannot be made */
+    err_info last_e;
+    call_state *next;
+};
+
+/* ---------- policy ---------- */
+
+typedef struct policy_env {
+    int window, min_calls, failure_rate_pct, slow_call_ms, slow_call_rate_pct, open_ms, half_open;
+    char *mode;
+    int retry_max, retry_budget_pct, margin_ms;
+} policy_env;
+
+#define POPT(env, type, field, def, lo, hi, help)                                                 \
+    {env, type, offsetof(policy_env, field), def, lo, hi, help}
+static const config_opt policy_table[] = {
+    POPT("BREAKER_WINDOW", CONFIG_INT, window, "20", 1, 10000,
+         "circuit breaker: outcomes of the last N calls per target considered"),
+    POPT("BREAKER_MIN_CALLS", CONFIG_INT, min_calls, "10", 1, 10000,
+         "circuit breaker: calls in the window before it may open"),
+    POPT("BREAKER_FAILURE_RATE_PCT", CONFIG_INT, failure_rate_pct, "50", 1, 100,
+         "circuit breaker: opens when this % of the window failed (UNAVAILABLE, "
+         "DEADLINE_EXCEEDED, INTERNAL, UNKNOWN)"),
+    POPT("BREAKER_SLOW_CALL_MS", CONFIG_INT, slow_call_ms, "0", 0, 3600000,
+         "circuit breaker: a call this long is slow (0 = slow calls ignored)"),
+    POPT("BREAKER_SLOW_CALL_RATE_PCT", CONFIG_INT, slow_call_rate_pct, "100", 1, 100,
+         "circuit breaker: opens when this % of the window was slow"),
+    POPT("BREAKER_OPEN_MS", CONFIG_INT, open_ms, "10000", 1, 3600000,
+         "circuit breaker: time open before trial calls (half-open)"),
+    POPT("BREAKER_HALF_OPEN_CALLS", CONFIG_INT, half_open, "3", 1, 1000,
+         "circuit breaker: trial calls that must succeed to close again"),
+    POPT("BREAKER_MODE", CONFIG_STR, mode, "normal", 0, 0,
+         "circuit breaker: normal | forced_open (refuse every call) | disabled"),
+    POPT("RPC_RETRY_MAX", CONFIG_INT, retry_max, "2", 0, 10,
+         "retries of an idempotent read on UNAVAILABLE (0 = none)"),
+    POPT("RPC_RETRY_BUDGET_PCT", CONFIG_INT, retry_budget_pct, "10", 1, 100,
+         "retries per target at most this % of calls (plus 3 in reserve)"),
+    POPT("RPC_DEADLINE_MARGIN_MS", CONFIG_INT, margin_ms, "5", 0, 60000,
+         "taken off the caller's remaining deadline for each outgoing call"),
+};
+#define NPOLICY (sizeof policy_table / sizeof policy_table[0])
+
+void rpc_client_policy_defaults(rpc_client_policy *out)
+{
+    memset(out, 0, sizeof *out);
+    out->breaker.window = 20;
+    out->breaker.min_calls = 10;
+    out->breaker.failure_rate_pct = 50;
+    out->breaker.slow_call_ms = 0;
+    out->breaker.slow_call_rate_pct = 100;
+    out->breaker.open_wait_ms = 10000;
+    out->breaker.half_open_calls = 3;
+    out->breaker.mode = BREAKER_NORMAL;
+    out->retry.max_retries = 2;
+    out->retry.base_ms = 25;
+    out->retry.max_ms = 250;
+    out->retry.budget_pct = 10;
+    out->retry.min_tokens = 3;
+    out->deadline_margin_ms = DEFAULT_MARGIN_MS;
+}
+
+err_code rpc_client_policy_load(rpc_client_policy *out, err_info *e)
+{
+    rpc_client_policy_defaults(out);
+    policy_env env;
+    memset(&env, 0, sizeof env);
+    err_code rc = config_load(policy_table, NPOLICY, &env, e);
+    if (rc == ERR_OK) {
+        if (strcmp(env.mode, "normal") == 0)
+            out->breaker.mode = BREAKER_NORMAL;
+        else if (strcmp(env.mode, "forced_open") == 0)
+            out->breaker.mode = BREAKER_FORCED_OPEN;
+        else if (strcmp(env.mode, "disabled") == 0)
+            out->breaker.mode = BREAKER_DISABLED;
+        else
+            rc = err_set(e, ERR_INVALID_ARGUMENT,
+                         "BREAKER_MODE: must be normal, forced_open or disabled, got '%.40s'",
+                         env.mode);
+    }
+    if (rc == ERR_OK) {
+        out->breaker.window = env.window;
+        out->breaker.min_calls = env.min_calls;
+        out->breaker.failure_rate_pct = env.failure_rate_pct;
+        out->breaker.slow_call_ms = env.slow_call_ms;
+        out->breaker.slow_call_rate_pct = env.slow_call_rate_pct;
+        out->breaker.open_wait_ms = env.open_ms;
+        out->breaker.half_open_calls = env.half_open;
+        out->retry.max_retries = env.retry_max;
+        out->retry.budget_pct = env.retry_budget_pct;
+        out->deadline_margin_ms = env.margin_ms;
+    }
+    config_free(policy_table, NPOLICY, &env);
+    return rc;
+}
+
+void rpc_client_policy_print_help(void) { config_print_help(policy_table, NPOLICY); }
+
+/* ---------- metrics and transition log ---------- */
+
+static void metrics_init(rpc_client *c, metrics_registry *r)
+{
+    static const char *l_handled[] = {"target", "grpc_service", "grpc_method", "grpc_code", NULL};
+    static const char *l_seconds[] = {"target", "grpc_service", "grpc_method", NULL};
+    static const char *l_target[] = {"target", NULL};
+    static const char *l_to[] = {"target", "to", NULL};
+    client_metrics *m = &c->m;
+    m->handled = metrics_family_new(r, METRICS_COUNTER, "grpc_client_handled_total",
+                                    "RPCs made by this process (each attempt), by code.",
+                                    l_handled, NULL, 0);
+    m->seconds = metrics_family_new(r, METRICS_HISTOGRAM, "grpc_client_handling_seconds",
+                                    "Time of each RPC attempt as seen by the caller.", l_seconds,
+                                    NULL, 0);
+    m->state = metrics_family_new(r, METRICS_GAUGE, "circuit_breaker_state",
+                                  "Circuit breaker per target: 0 closed, 1 open, 2 half-open.",
+                                  l_target, NULL, 0);
+    m->transitions = metrics_family_new(r, METRICS_COUNTER, "circuit_breaker_transitions_total",
+                                        "Circuit breaker state changes, by new state.", l_to,
+                                        NULL, 0);
+    m->rejected = metrics_family_new(r, METRICS_COUNTER, "circuit_breaker_rejected_total",
+                                     "Calls refused at once because the circuit was open.",
+                                     l_target, NULL, 0);
+    m->retries = metrics_family_new(r, METRICS_COUNTER, "grpc_client_retries_total",
+                                    "Retries of idempotent reads after UNAVAILABLE.", l_target,
+                                    NULL, 0);
+    m->skipped = metrics_family_new(r, METRICS_COUNTER, "grpc_client_deadline_skipped_total",
+                                    "Calls not made: the caller's deadline budget was spent.",
+                                    l_target, NULL, 0);
+    const char *t[] = {c->name};
+    m->s_state = metrics_series_get(m->state, t);
+    m->s_rejected = metrics_series_get(m->rejected, t);
+    m->s_retries = metrics_series_get(m->retries, t);
+    m->s_skipped = metrics_series_get(m->skipped, t);
+    for (int s = 0; s < 3; s++) {
+        const char *lt[] = {c->name, breaker_state_name((breaker_state)s)};
+        m->s_to[s] = metrics_series_get(m->transitions, lt);
+    }
+    /* Every series exists from the start (at 0), so rate() and alerts see them before the first
+     * incident. */
+    metrics_counter_add(m->s_rejected, 0);
+    metrics_counter_add(m->s_retries, 0);
+    metrics_counter_add(m->s_skipped, 0);
+    for (int s = 0; s < 3; s++)
+        metrics_counter_add(m->s_to[s], 0);
+    c->has_metrics = true;
+}
+
+/* Sets the state gauge from the breaker itself (transitions may be reported out of order). */
+static void state_gauge_update(rpc_client *c)
+{
+    if (c->has_metrics)
+        metrics_gauge_set(c->m.s_state, (double)breaker_state_get(c->br));
+}
+
+static void on_transition(void *arg, const char *target, breaker_state from, breaker_state to)
+{
+    rpc_client *c = arg;
+    char t[160], kv[256];
+    snprintf(kv, sizeof kv, "\"target\":%s,\"from\":\"%s\",\"to\":\"%s\"",
+             log_json_str(t, sizeof t, target), breaker_state_name(from), breaker_state_name(to));
+    /* Opening is what an operator must notice; half-open and closing are recovery steps. */
+    if (to == BREAKER_OPEN)
+        log_warn_kv(NULL, kv, "circuit breaker %s: %s -> %s", target, breaker_state_name(from),
+                    breaker_state_name(to));
+    else
+        log_info_kv(NULL, kv, "circuit breaker %s: %s -> %s", target, breaker_state_name(from),
+                    breaker_state_name(to));
+    if (c->has_metrics) {
+        metrics_counter_add(c->m.s_to[to], 1);
+        state_gauge_update(c);
+    }
+    if (c->user_transition)
+        c->user_transition(c->user_transition_arg, target, from, to);
+}
+
+/* "/pkg.Service/Method" → service "pkg.Service" (into buf) and method "Method". */
+static const char *split_method(const char *full, char *buf, size_t len)
+{
+    const char *slash = strrchr(full, '/');
+    if (!slash) {
+        snprintf(buf, len, "%s", "");
+        return full;
+    }
+    const char *start = full[0] == '/' ? full + 1 : full;
+    int n = slash > start ? (int)(slash - start) : 0;
+    snprintf(buf, len, "%.*s", n, start);
+    return slash + 1;
+}
+
+static void observe_attempt(rpc_client *c, const char *method, err_code rc, int64_t took_ms)
+{
+    atomic_fetch_add_explicit(&c->n_attempts, 1, memory_order_relaxed);
+    if (!c->has_metrics)
+        return;
+    char svc[160];
+    const char *m = split_method(method, svc, sizeof svc);
+    const char *l4[] = {c->name, svc, m, err_str(rc)};
+    metrics_inc(c->m.handled, l4);
+    const char *l3[] = {c->name, svc, m};
+    metrics_observe(c->m.seconds, l3, (double)took_ms / 1000.0);
+}
+
+/* ---------- lifecycle ---------- */
 
 rpc_client *rpc_client_new(const rpc_client_opts *opts, err_info *e)
+{
+    /* The plain constructor keeps its callers' deadlines exactly (no margin): their code and
+     * tests were written against that. Breaker and retries apply with their defaults. */
+    rpc_client_ext_opts x = {.deadline_margin_ms = -1};
+    return rpc_client_new_ext(opts, &x, e);
+}
+
+rpc_client *rpc_client_new_ext(const rpc_client_opts *opts, const rpc_client_ext_opts *x,
+                               err_info *e)
 {
     err_clear(e);
     if (!opts || !opts->target || !*opts->target || strpbrk(opts->target, " \t\r\n")) {
@@ -69,19 +325,59 @@ rpc_client *rpc_client_new(const rpc_client_opts *opts, err_info *e)
     grpc_init();
     rpc_client *c = xcalloc(1, sizeof *c);
     pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->qmu, NULL);
     c->target = xstrdup(opts->target);
     c->name = xstrdup(opts->name ? opts->name : opts->target);
     c->default_timeout_ms = opts->default_timeout_ms > 0 ? opts->default_timeout_ms : 5000;
     c->max_msg = opts->max_message_bytes > 0 ? opts->max_message_bytes : 4 * 1024 * 1024;
+    atomic_init(&c->n_attempts, 0);
+    atomic_init(&c->n_retries, 0);
+    atomic_init(&c->n_rejected, 0);
+    atomic_init(&c->n_skipped, 0);
 
-    grpc_arg args[2];
+    rpc_client_policy pol;
+    if (x && x->policy)
+        pol = *x->policy;
+    else
+        rpc_client_policy_defaults(&pol);
+    breaker_opts bo = x && x->breaker ? *x->breaker : pol.breaker;
+    c->user_transition = bo.on_transition;
+    c->user_transition_arg = bo.transition_arg;
+    bo.target = c->name;
+    bo.on_transition = on_transition;
+    bo.transition_arg = c;
+    c->ropts = x && x->retry ? *x->retry : pol.retry;
+    if (c->ropts.max_retries < 0)
+        c->ropts.max_retries = 0;
+    c->margin_ms = pol.deadline_margin_ms;
+    if (x && x->deadline_margin_ms)
+        c->margin_ms = x->deadline_margin_ms;
+    if (c->margin_ms < 0)
+        c->margin_ms = 0;
+    if (x && x->metrics)
+        metrics_init(c, x->metrics);
+    c->br = breaker_new(&bo);
+    c->budget = retry_budget_new(&c->ropts);
+    state_gauge_update(c); /* forced_open reads 1 from the start */
+
+    /* Reconnect backoff: the core's defaults (1 s growing to 120 s) would leave a restarted
+     * target unreached for minutes after a long outage, and the breaker's half-open trials
+     * would fail against a channel still backing off. Inside a cluster a refused connect is
+     * cheap, so retry it every 100 ms growing to 1 s at most. */
+    grpc_arg args[4];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = c->max_msg;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = c->max_msg;
-    grpc_channel_args ca = {2, args};
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[2].value.integer = 100;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[3].value.integer = 1000;
+    grpc_channel_args ca = {4, args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     c->ch = grpc_channel_create(c->target, creds, &ca);
     grpc_channel_credentials_release(creds);
@@ -98,8 +394,13 @@ void rpc_client_free(rpc_client *c)
     if (!c)
         return;
     if (c->athr_started) {
-        /* The thread drains what is left and exits on GRPC_QUEUE_SHUTDOWN. */
+        /* No retry may be re-issued on the queue once it is shut down: the thread checks
+         * `closing` under qmu before starting one. The thread drains what is left, answers the
+         * retries still waiting with their last error, and exits on GRPC_QUEUE_SHUTDOWN. */
+        pthread_mutex_lock(&c->qmu);
+        c->closing = true;
         grpc_completion_queue_shutdown(c->acq);
+        pthread_mutex_unlock(&c->qmu);
         pthread_join(c->athr, NULL);
         grpc_completion_queue_destroy(c->acq);
     }
@@ -108,14 +409,27 @@ void rpc_client_free(rpc_client *c)
     for (size_t i = 0; i < c->nmethods; i++)
         free(c->methods[i].name);
     free(c->methods);
+    breaker_free(c->br);
+    retry_budget_free(c->budget);
     free(c->target);
     free(c->name);
+    pthread_mutex_destroy(&c->qmu);
     pthread_mutex_destroy(&c->mu);
     free(c);
     grpc_shutdown();
 }
 
 const char *rpc_client_name(const rpc_client *c) { return c ? c->name : ""; }
+
+breaker *rpc_client_breaker(rpc_client *c) { return c ? c->br : NULL; }
+
+void rpc_client_stats_get(rpc_client *c, rpc_client_stats *out)
+{
+    out->attempts = atomic_load_explicit(&c->n_attempts, memory_order_relaxed);
+    out->retries = atomic_load_explicit(&c->n_retries, memory_order_relaxed);
+    out->rejected = atomic_load_explicit(&c->n_rejected, memory_order_relaxed);
+    out->deadline_skipped = atomic_load_explicit(&c->n_skipped, memory_order_relaxed);
+}
 
 /* Registered-call handle for method (registering once saves the core a lookup per call). */
 static void *method_handle_get(rpc_client *c, const char *method)
@@ -139,6 +453,8 @@ static void *method_handle_get(rpc_client *c, const char *method)
     pthread_mutex_unlock(&c->mu);
     return h;
 }
+
+/* ---------- metadata ---------- */
 
 static void md_add(call_state *st, const char *key, const char *val)
 {
@@ -181,34 +497,110 @@ static void build_metadata(call_state *st, const rpc_call_opts *o)
 #undef FIELD
 }
 
-static int64_t call_deadline(const rpc_client *c, const rpc_call_opts *o)
+/* ---------- deadline, breaker, retry decisions ---------- */
+
+/* The absolute deadline of a call, margin taken off the caller's budget. An explicit deadline is
+ * the caller's own choice and is not capped; an inherited one (the parent's alone) is capped by
+ * the per-target default so one slow hop cannot take a long request's whole budget. Returns
+ * DEADLINE_EXCEEDED, without making the call, when nothing is left after the margin. */
+static err_code plan_deadline(rpc_client *c, const rpc_call_opts *o, const char *method,
+                              int64_t now, int64_t *out, err_info *e)
 {
-    if (o && o->deadline_ms > 0)
-        return o->deadline_ms;
+    int64_t parent = 0, budget_end = 0;
     if (o && o->parent && o->parent->deadline_ms != INT64_MAX && o->parent->deadline_ms > 0)
-        return o->parent->deadline_ms;
-    return rpc_now_ms() + c->default_timeout_ms;
+        parent = o->parent->deadline_ms;
+    bool explicit_dl = o && o->deadline_ms > 0;
+    if (explicit_dl)
+        budget_end = parent && parent < o->deadline_ms ? parent : o->deadline_ms;
+    else
+        budget_end = parent;
+    if (!budget_end) {
+        *out = now + c->default_timeout_ms;
+        return ERR_OK;
+    }
+    int64_t left = budget_end - c->margin_ms - now;
+    if (left <= 0) {
+        atomic_fetch_add_explicit(&c->n_skipped, 1, memory_order_relaxed);
+        if (c->has_metrics)
+            metrics_counter_add(c->m.s_skipped, 1);
+        return err_set(e, ERR_DEADLINE_EXCEEDED,
+                       "%s %s: not called, the deadline leaves %lld ms (margin %d ms)", c->name,
+                       method, (long long)(budget_end - now), c->margin_ms);
+    }
+    if (!explicit_dl && left > c->default_timeout_ms)
+        left = c->default_timeout_ms;
+    *out = now + left;
+    return ERR_OK;
 }
 
-/* Creates the call and starts the one batch. tag = st for async, NULL-free sync uses st too. */
-static err_code call_start(rpc_client *c, const char *method, const ProtobufCMessage *req,
-                           const rpc_call_opts *o, grpc_completion_queue *cq, call_state *st,
-                           err_info *e)
+static err_code circuit_open(rpc_client *c, int64_t retry_after_ms, err_info *e)
 {
-    if (!method || method[0] != '/' || !req)
-        return err_set(e, ERR_INVALID_ARGUMENT, "rpc_client: bad method or request");
-    void *h = method_handle_get(c, method);
-    grpc_call *parent = o && o->parent ? rpc_ctx_grpc_call(o->parent) : NULL;
-    st->call = grpc_channel_create_registered_call(c->ch, parent, GRPC_PROPAGATE_DEFAULTS, cq, h,
-                                                   rpc_ms_to_deadline(call_deadline(c, o)), NULL);
-    if (!st->call)
-        return err_set(e, ERR_INTERNAL, "rpc_client %s: cannot create call %s", c->name, method);
+    atomic_fetch_add_explicit(&c->n_rejected, 1, memory_order_relaxed);
+    if (c->has_metrics)
+        metrics_counter_add(c->m.s_rejected, 1);
+    err_set(e, ERR_UNAVAILABLE, CIRCUIT_OPEN ": %s", c->name);
+    int64_t s = (retry_after_ms + 999) / 1000;
+    e->retry_after_s = s < 1 ? 1 : (int)(s > 86400 ? 86400 : s);
+    return ERR_UNAVAILABLE;
+}
 
-    size_t n = protobuf_c_message_get_packed_size(req);
-    grpc_slice sl = grpc_slice_malloc(n);
-    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
-    st->req_bb = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
+/* Backoff before the next attempt in ms, or -1 when the outcome must stand: not an idempotent
+ * read, not UNAVAILABLE, a circuit-open answer (ours or a downstream hop's) or one with RetryInfo
+ * (the server named its own wait), retries used up, no time left, or the budget is empty. The
+ * budget is asked last so a token is only spent on a retry that will be made. */
+static int retry_delay(rpc_client *c, const call_state *st, err_code rc, const err_info *e)
+{
+    if (!st->idempotent || !retry_is_retryable(rc))
+        return -1;
+    if (strstr(e->msg, CIRCUIT_OPEN) || e->retry_after_s > 0)
+        return -1;
+    int retries_done = st->attempts - 1;
+    if (retries_done >= c->ropts.max_retries)
+        return -1;
+    uint32_t rnd;
+    rpc_rand_bytes(&rnd, sizeof rnd);
+    int wait = retry_backoff_ms(&c->ropts, retries_done + 1, rnd);
+    /* The retry needs some time of its own after the backoff to be worth making. */
+    if (rpc_now_ms() + wait + 1 >= st->deadline_ms)
+        return -1;
+    if (!retry_budget_try_withdraw(c->budget))
+        return -1;
+    atomic_fetch_add_explicit(&c->n_retries, 1, memory_order_relaxed);
+    if (c->has_metrics)
+        metrics_counter_add(c->m.s_retries, 1);
+    return wait;
+}
+
+/* ---------- one attempt ---------- */
+
+/* Breaker permit, then the call and its one batch on cq (tag st). On ERR_OK the caller must end
+ * the attempt with attempt_end once the batch completes. */
+static err_code attempt_start(rpc_client *c, call_state *st, grpc_completion_queue *cq,
+                              err_info *e)
+{
+    int64_t now = rpc_now_ms();
+    if (st->deadline_ms - now <= 0)
+        return err_set(e, ERR_DEADLINE_EXCEEDED, "%s %s: deadline exceeded before the call",
+                       c->name, st->method);
+    int64_t wait_ms = 0;
+    if (!st->bypass_breaker && !breaker_allow(c->br, &wait_ms))
+        return circuit_open(c, wait_ms, e);
+    st->attempts++;
+    st->t0 = now;
+    st->resp_bb = NULL;
+    st->error_string = NULL;
+    st->status = GRPC_STATUS_OK;
+    st->details = grpc_empty_slice();
+    st->call = grpc_channel_create_registered_call(c->ch, st->parent, GRPC_PROPAGATE_DEFAULTS, cq,
+                                                   st->mh, rpc_ms_to_deadline(st->deadline_ms),
+                                                   NULL);
+    if (!st->call) {
+        if (!st->bypass_breaker)
+            breaker_record(c->br, ERR_CANCELLED, 0); /* our failure, not the target's: neutral */
+        return err_set(e, ERR_INTERNAL, "rpc_client %s: cannot create call %s", c->name,
+                       st->method);
+    }
+    st->req_bb = grpc_raw_byte_buffer_create(&st->req, 1);
     grpc_metadata_array_init(&st->init_md);
     grpc_metadata_array_init(&st->trail_md);
 
@@ -237,13 +629,15 @@ static err_code call_start(rpc_client *c, const char *method, const ProtobufCMes
         st->req_bb = NULL;
         grpc_metadata_array_destroy(&st->init_md);
         grpc_metadata_array_destroy(&st->trail_md);
+        if (!st->bypass_breaker)
+            breaker_record(c->br, ERR_CANCELLED, 0);
         return err_set(e, ERR_INTERNAL, "rpc_client %s: %s: start_batch failed (%d)", c->name,
-                       method, (int)r);
+                       st->method, (int)r);
     }
     return ERR_OK;
 }
 
-/* Turns a finished batch into (code, response, e) and releases what the batch held. */
+/* Turns a finished batch into (code, response, e) and releases what the attempt held. */
 static err_code call_finish(call_state *st, const ProtobufCMessageDescriptor *resp_desc, arena *a,
                             ProtobufCMessage **resp, err_info *e)
 {
@@ -286,19 +680,74 @@ static err_code call_finish(call_state *st, const ProtobufCMessageDescriptor *re
     }
     if (st->resp_bb)
         grpc_byte_buffer_destroy(st->resp_bb);
+    st->resp_bb = NULL;
     grpc_byte_buffer_destroy(st->req_bb);
+    st->req_bb = NULL;
     grpc_metadata_array_destroy(&st->init_md);
     grpc_metadata_array_destroy(&st->trail_md);
     grpc_slice_unref(st->details);
+    st->details = grpc_empty_slice();
     if (st->error_string)
         gpr_free((void *)st->error_string);
+    st->error_string = NULL;
     grpc_call_unref(st->call);
+    st->call = NULL;
     return rc;
 }
+
+/* The one breaker_record of a permitted attempt, and its metrics. */
+static void attempt_end(rpc_client *c, call_state *st, err_code rc)
+{
+    int64_t took = rpc_now_ms() - st->t0;
+    if (!st->bypass_breaker)
+        breaker_record(c->br, rc, took);
+    observe_attempt(c, st->method, rc, took);
+}
+
+/* Fills the parts of st every call needs; the request is packed once for all attempts. */
+static err_code state_init(rpc_client *c, call_state *st, const char *method,
+                           const ProtobufCMessage *req, const rpc_call_opts *o, unsigned flags,
+                           err_info *e)
+{
+    if (!method || method[0] != '/' || !req)
+        return err_set(e, ERR_INVALID_ARGUMENT, "rpc_client: bad method or request");
+    int64_t now = rpc_now_ms();
+    err_code rc = plan_deadline(c, o, method, now, &st->deadline_ms, e);
+    if (rc != ERR_OK)
+        return rc;
+    st->method = method;
+    st->mh = method_handle_get(c, method);
+    st->parent = o && o->parent ? rpc_ctx_grpc_call(o->parent) : NULL;
+    st->idempotent = !(flags & RPC_CALL_NO_RETRY) && retry_is_idempotent(method);
+    st->bypass_breaker = (flags & RPC_CALL_BYPASS_BREAKER) != 0;
+    size_t n = protobuf_c_message_get_packed_size(req);
+    st->req = grpc_slice_malloc(n);
+    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(st->req));
+    st->details = grpc_empty_slice();
+    build_metadata(st, o);
+    retry_budget_on_call(c->budget);
+    return ERR_OK;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* ---------- blocking calls ---------- */
 
 err_code rpc_client_call(rpc_client *c, const char *method, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *resp_desc, const rpc_call_opts *o,
                          arena *a, ProtobufCMessage **resp, err_info *e)
+{
+    return rpc_client_call_flags(c, method, req, resp_desc, o, 0, a, resp, e);
+}
+
+err_code rpc_client_call_flags(rpc_client *c, const char *method, const ProtobufCMessage *req,
+                               const ProtobufCMessageDescriptor *resp_desc, const rpc_call_opts *o,
+                               unsigned flags, arena *a, ProtobufCMessage **resp, err_info *e)
 {
     err_info local;
     if (!e)
@@ -308,38 +757,124 @@ err_code rpc_client_call(rpc_client *c, const char *method, const ProtobufCMessa
         return err_set(e, ERR_INVALID_ARGUMENT, "rpc_client: arena, descriptor and resp required");
     call_state st;
     memset(&st, 0, sizeof st);
-    build_metadata(&st, o);
-    /* A pluck queue per call: nothing shared between callers' threads, nothing to route. */
+    err_code rc = state_init(c, &st, method, req, o, flags, e);
+    if (rc != ERR_OK)
+        return rc;
+    /* A pluck queue per call: nothing shared between callers' threads, nothing to route. Its
+     * attempts run one after the other on it. */
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    err_code rc = call_start(c, method, req, o, cq, &st, e);
-    if (rc == ERR_OK) {
-        grpc_event ev = grpc_completion_queue_pluck(cq, &st, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        (void)ev; /* the call's deadline bounds the wait; the status says what happened */
-        rc = call_finish(&st, resp_desc, a, resp, e);
+    bool retrying = false;
+    for (;;) {
+        err_info ae;
+        err_clear(&ae);
+        rc = attempt_start(c, &st, cq, &ae);
+        if (rc == ERR_OK) {
+            grpc_event ev =
+                grpc_completion_queue_pluck(cq, &st, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            (void)ev; /* the call's deadline bounds the wait; the status says what happened */
+            rc = call_finish(&st, resp_desc, a, resp, &ae);
+            attempt_end(c, &st, rc);
+        } else if (retrying && !strstr(ae.msg, CIRCUIT_OPEN)) {
+            rc = e->code; /* the retry could not start: the failure it retried stands */
+            break;
+        }
+        *e = ae;
+        int wait = rc == ERR_OK ? -1 : retry_delay(c, &st, rc, e);
+        if (wait < 0)
+            break;
+        sleep_ms(wait);
+        retrying = true;
     }
     grpc_completion_queue_shutdown(cq);
     grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     grpc_completion_queue_destroy(cq);
+    grpc_slice_unref(st.req);
     return rc;
 }
 
+/* ---------- asynchronous calls ---------- */
+
+static void async_state_free(call_state *st)
+{
+    if (st->parent)
+        grpc_call_unref(st->parent);
+    grpc_slice_unref(st->req);
+    free(st->md_copy);
+    free(st->method_copy);
+    free(st);
+}
+
+static void async_finish(call_state *st, err_code rc, ProtobufCMessage *resp, const err_info *e)
+{
+    st->done(st->arg, rc, rc == ERR_OK ? resp : NULL, e);
+    async_state_free(st);
+}
+
+static void retry_queue_push(rpc_client *c, call_state *st)
+{
+    call_state **p = &c->retry_head;
+    while (*p && (*p)->due_ms <= st->due_ms)
+        p = &(*p)->next;
+    st->next = *p;
+    *p = st;
+}
+
+/* Re-issues the retries whose backoff is over (async thread). A retry that cannot be made
+ * (deadline reached, breaker open, client closing) answers with the failure it was retrying. */
+static void retry_queue_run(rpc_client *c)
+{
+    int64_t now = rpc_now_ms();
+    while (c->retry_head && c->retry_head->due_ms <= now) {
+        call_state *st = c->retry_head;
+        c->retry_head = st->next;
+        st->next = NULL;
+        err_info e;
+        err_clear(&e);
+        pthread_mutex_lock(&c->qmu);
+        err_code rc = c->closing ? ERR_CANCELLED : attempt_start(c, st, c->acq, &e);
+        pthread_mutex_unlock(&c->qmu);
+        if (rc != ERR_OK && strstr(e.msg, CIRCUIT_OPEN))
+            async_finish(st, rc, NULL, &e); /* the breaker opened meanwhile: say so */
+        else if (rc != ERR_OK)
+            async_finish(st, st->last_rc, NULL, &st->last_e);
+    }
+}
+
+/* The client's completion-queue thread: finishes attempts, schedules retries (the queue wait
+ * times out at the earliest due retry, so backoffs cost no thread and never delay other
+ * completions), and at shutdown answers the retries still waiting. */
 static void *async_thread(void *arg)
 {
     rpc_client *c = arg;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(c->acq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        gpr_timespec until = c->retry_head ? rpc_ms_to_deadline(c->retry_head->due_ms)
+                                           : gpr_inf_future(GPR_CLOCK_REALTIME);
+        grpc_event ev = grpc_completion_queue_next(c->acq, until, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
-        if (ev.type != GRPC_OP_COMPLETE)
-            continue;
-        call_state *st = ev.tag;
-        err_info e;
-        err_clear(&e);
-        ProtobufCMessage *resp = NULL;
-        err_code rc = call_finish(st, st->resp_desc, st->a, &resp, &e);
-        st->done(st->arg, rc, rc == ERR_OK ? resp : NULL, &e);
-        free(st->md_copy);
-        free(st);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            call_state *st = ev.tag;
+            err_info e;
+            err_clear(&e);
+            ProtobufCMessage *resp = NULL;
+            err_code rc = call_finish(st, st->resp_desc, st->a, &resp, &e);
+            attempt_end(c, st, rc);
+            int wait = rc == ERR_OK ? -1 : retry_delay(c, st, rc, &e);
+            if (wait < 0) {
+                async_finish(st, rc, resp, &e);
+            } else {
+                st->last_rc = rc;
+                st->last_e = e;
+                st->due_ms = rpc_now_ms() + wait;
+                retry_queue_push(c, st);
+            }
+        }
+        retry_queue_run(c);
+    }
+    while (c->retry_head) {
+        call_state *st = c->retry_head;
+        c->retry_head = st->next;
+        async_finish(st, st->last_rc, NULL, &st->last_e);
     }
     return NULL;
 }
@@ -389,17 +924,23 @@ err_code rpc_client_call_async(rpc_client *c, const char *method, const Protobuf
     pthread_mutex_unlock(&c->mu);
 
     call_state *st = xcalloc(1, sizeof *st);
-    build_metadata(st, o);
+    err_code rc = state_init(c, st, method, req, o, 0, e);
+    if (rc != ERR_OK) {
+        free(st);
+        return rc;
+    }
     copy_metadata(st);
+    st->method_copy = xstrdup(method);
+    st->method = st->method_copy;
+    if (st->parent)
+        grpc_call_ref(st->parent); /* retries may start after the caller's frame is gone */
     st->c = c;
     st->resp_desc = resp_desc;
     st->a = a;
     st->done = done;
     st->arg = arg;
-    err_code rc = call_start(c, method, req, o, c->acq, st, e);
-    if (rc != ERR_OK) {
-        free(st->md_copy);
-        free(st);
-    }
+    rc = attempt_start(c, st, c->acq, e);
+    if (rc != ERR_OK)
+        async_state_free(st);
     return rc;
 }

@@ -1,0 +1,1049 @@
+/* http_server: libmicrohttpd (epoll, thread pool) in front of the gRPC services. Each request is a
+ * small state machine: routed and checked on the MHD thread, then suspended while an asynchronous
+ * gRPC call (permission.Check, then the route's RPC) is in flight, resumed by the completion
+ * callback, and answered. Per-request memory lives in one arena freed when MHD completes it. */
+#include "http_server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/pbjson.h"
+#include "errors.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "middleware.h"
+#include "openapi.h"
+#include "permission/v1/permission.pb-c.h"
+#include "transcode.h"
+
+/* A TCP connection, tracked so that a client that has not delivered its first request's headers
+ * within HEADER_TIMEOUT_SEC is cut off (MHD's own timeout is reset by every byte, so a slowloris
+ * trickle would survive it). */
+typedef struct conn_track {
+    struct conn_track *prev, *next;
+    int fd;
+    int64_t start_ms;
+    atomic_bool got_headers;
+} conn_track;
+
+struct http_server {
+    http_deps d;
+    pthread_mutex_t ct_mu;
+    conn_track ct_head; /* sentinel of a circular list */
+    pthread_t reaper;
+    bool reaper_started;
+    atomic_bool stop;
+    atomic_int slow_cut;
+    struct MHD_Daemon *mhd;
+    int port;
+    atomic_bool draining;
+    atomic_int inflight; /* requests MHD has not completed yet */
+    atomic_int refs;     /* request objects alive (MHD or a pending gRPC callback holds them) */
+    char *openapi;
+    size_t openapi_len;
+    metrics_family *m_total, *m_duration, *m_rl;
+};
+
+typedef enum stage { ST_BODY, ST_WAIT_CHECK, ST_WAIT_RPC, ST_WAIT_READY, ST_DONE } stage;
+
+#define READY_CHECKS SVC_COUNT
+
+typedef struct req {
+    http_server *s;
+    struct MHD_Connection *conn;
+    arena *a;
+    pthread_mutex_t mu;
+    atomic_int refs;
+    bool completed;      /* MHD is done with the connection: never resume it */
+    int64_t start_ms, deadline_ms;
+    char request_id[129];
+    char trace_id[33], span_id[17], traceparent[56];
+    char client_ip[64];
+    const char *method, *path, *origin, *user_agent;
+    routes_match m;
+    char *body;
+    size_t body_len, body_cap;
+    bool too_big;
+    stage st;
+    bool authed;
+    jwt_claims claims;
+    ProtobufCMessage *msg;
+    rl_result rl;
+    bool rl_set;
+    /* result of the asynchronous call(s) */
+    atomic_int pending;
+    routes_svc call_svc;
+    int64_t call_start_ms;
+    err_code rc;
+    ProtobufCMessage *resp;
+    err_info rerr;
+    arena *ready_arena[READY_CHECKS];
+    err_code ready_rc[READY_CHECKS];
+    ProtobufCMessage *ready_resp[READY_CHECKS];
+    int status;
+} req;
+
+/* ---------- request lifetime ---------- */
+
+static void req_unref(req *q)
+{
+    if (atomic_fetch_sub(&q->refs, 1) != 1)
+        return;
+    http_server *s = q->s;
+    for (int i = 0; i < READY_CHECKS; i++)
+        arena_free(q->ready_arena[i]);
+    free(q->body);
+    pthread_mutex_destroy(&q->mu);
+    arena_free(q->a);
+    free(q);
+    atomic_fetch_sub(&s->refs, 1);
+}
+
+/* ---------- responses ---------- */
+
+static const char *hdr(req *q, const char *name)
+{
+    return MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, name);
+}
+
+static void add_common_headers(req *q, struct MHD_Response *r)
+{
+    MHD_add_response_header(r, "X-Request-Id", q->request_id);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "X-Frame-Options", "DENY");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Content-Security-Policy", "default-src 'none'");
+    MHD_add_response_header(r, "Vary", "Origin");
+    if (q->m.route && (q->m.route->flags & RF_NO_STORE)) {
+        MHD_add_response_header(r, "Cache-Control", "no-store");
+        MHD_add_response_header(r, "Pragma", "no-cache");
+    }
+    if (q->origin) {
+        MHD_add_response_header(r, "Access-Control-Allow-Origin", q->origin);
+        MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+        MHD_add_response_header(r, "Access-Control-Expose-Headers",
+                                "X-Request-Id, RateLimit-Limit, RateLimit-Remaining, "
+                                "RateLimit-Reset, Retry-After, WWW-Authenticate");
+    }
+    if (q->rl_set) {
+        char v[32];
+        snprintf(v, sizeof v, "%d", q->rl.limit);
+        MHD_add_response_header(r, "RateLimit-Limit", v);
+        snprintf(v, sizeof v, "%d", q->rl.remaining);
+        MHD_add_response_header(r, "RateLimit-Remaining", v);
+        snprintf(v, sizeof v, "%d", q->rl.reset_s);
+        MHD_add_response_header(r, "RateLimit-Reset", v);
+    }
+}
+
+static enum MHD_Result send_raw(req *q, int status, const char *body, size_t len,
+                                const char *ctype, struct MHD_Response **keep)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    add_common_headers(q, r);
+    if (ctype && len)
+        MHD_add_response_header(r, "Content-Type", ctype);
+    if (keep) {
+        *keep = r;
+        return MHD_YES;
+    }
+    q->status = status;
+    q->st = ST_DONE;
+    enum MHD_Result ok = MHD_queue_response(q->conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result finish(req *q, int status, struct MHD_Response *r)
+{
+    q->status = status;
+    q->st = ST_DONE;
+    enum MHD_Result ok = MHD_queue_response(q->conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* An error answer; http_status 0 = the code's own mapping. */
+static enum MHD_Result send_error(req *q, const err_info *e, int http_status, const char *allow)
+{
+    size_t len = 0;
+    char *body = errors_body(q->a, e, q->request_id, &len);
+    int status = http_status ? http_status : errors_http_status(e->code);
+    struct MHD_Response *r = NULL;
+    if (send_raw(q, status, body, len, "application/json", &r) != MHD_YES)
+        return MHD_NO;
+    if (status == 401)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"identity\"");
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
+    if (status == 429 || status == 503) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", e->retry_after_s > 0 ? e->retry_after_s : 1);
+        MHD_add_response_header(r, "Retry-After", v);
+    }
+    return finish(q, status, r);
+}
+
+static enum MHD_Result send_code(req *q, err_code code, int http_status, const char *msg)
+{
+    err_info e;
+    err_clear(&e);
+    err_set(&e, code, "%s", msg);
+    return send_error(q, &e, http_status, NULL);
+}
+
+static enum MHD_Result send_json(req *q, int status, const char *body, size_t len)
+{
+    return send_raw(q, status, body, len, "application/json", NULL);
+}
+
+/* ---------- asynchronous calls ---------- */
+
+static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    req *q = arg;
+    if (q->call_start_ms)
+        breaker_record(upstream_breaker(q->s->d.up, q->call_svc), code,
+                       rpc_now_ms() - q->call_start_ms);
+    q->rc = code;
+    q->resp = resp;
+    if (code != ERR_OK && e)
+        q->rerr = *e;
+    else
+        err_clear(&q->rerr);
+    q->rerr.code = code;
+    if (atomic_fetch_sub(&q->pending, 1) == 1) {
+        pthread_mutex_lock(&q->mu);
+        if (!q->completed)
+            MHD_resume_connection(q->conn);
+        pthread_mutex_unlock(&q->mu);
+    }
+    req_unref(q);
+}
+
+typedef struct ready_arg {
+    req *q;
+    int i;
+} ready_arg;
+
+static void on_ready_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    ready_arg *ra = arg;
+    req *q = ra->q;
+    q->ready_rc[ra->i] = code;
+    q->ready_resp[ra->i] = resp;
+    if (atomic_fetch_sub(&q->pending, 1) == 1) {
+        pthread_mutex_lock(&q->mu);
+        if (!q->completed)
+            MHD_resume_connection(q->conn);
+        pthread_mutex_unlock(&q->mu);
+    }
+    req_unref(q);
+}
+
+static void fill_md(req *q, rpc_metadata *md)
+{
+    const char *authz = hdr(q, MHD_HTTP_HEADER_AUTHORIZATION);
+    md->request_id = q->request_id;
+    md->traceparent = q->traceparent;
+    md->authorization = q->authed && authz ? authz : "";
+    md->user_agent = q->user_agent ? q->user_agent : "";
+    md->client_ip = q->client_ip;
+    md->actor_id = q->authed ? q->claims.sub : "";
+}
+
+/* Suspends the connection and starts the call; the handler runs again when it completes. */
+static void start_call(req *q, routes_svc svc, const char *method, const ProtobufCMessage *msg,
+                       const ProtobufCMessageDescriptor *rd, stage st)
+{
+    rpc_metadata *md = arena_alloc(q->a, sizeof *md);
+    fill_md(q, md);
+    rpc_call_opts o = {NULL, md, q->deadline_ms};
+    q->st = st;
+    atomic_store(&q->pending, 1);
+    atomic_fetch_add(&q->refs, 1);
+    MHD_suspend_connection(q->conn);
+    err_info e;
+    err_clear(&e);
+    int64_t wait_ms = 0;
+    q->call_svc = svc;
+    q->call_start_ms = 0;
+    if (!breaker_allow(upstream_breaker(q->s->d.up, svc), &wait_ms)) {
+        err_set(&e, ERR_UNAVAILABLE, "circuit open: %s", upstream_name(svc));
+        e.retry_after_s = (int)((wait_ms + 999) / 1000);
+        on_done(q, ERR_UNAVAILABLE, NULL, &e);
+        return;
+    }
+    q->call_start_ms = rpc_now_ms();
+    if (rpc_client_call_async(upstream_client(q->s->d.up, svc), method, msg, rd, &o, q->a, on_done,
+                              q, &e) != ERR_OK) {
+        if (e.code == ERR_OK)
+            e.code = ERR_UNAVAILABLE;
+        on_done(q, e.code, NULL, &e);
+    }
+}
+
+/* ---------- pipeline ---------- */
+
+static enum MHD_Result respond_rpc(req *q);
+static enum MHD_Result after_check(req *q);
+static enum MHD_Result send_upstream_error(req *q, err_info *e);
+
+static const char *perm_needed(req *q)
+{
+    const routes_route *r = q->m.route;
+    switch (r->rule) {
+    case RULE_NONE:
+        return NULL;
+    case RULE_PERM:
+        return r->perm;
+    case RULE_SELF_OR_PERM: {
+        const char *id = transcode_get_str(q->msg, r->self);
+        bool self = strcasecmp(id, q->claims.sub) == 0;
+        if (!self)
+            return r->perm;
+        if ((r->flags & RF_STATUS_WRITE) && transcode_mask_has(q->msg, "status"))
+            return "users:write";
+        return NULL;
+    }
+    }
+    return r->perm;
+}
+
+static enum MHD_Result serve_local(req *q);
+
+typedef struct collect {
+    transcode_kv *kv;
+    size_t n, cap;
+} collect;
+
+static enum MHD_Result collect_kv(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    collect *c = cls;
+    if (c->n < c->cap) {
+        c->kv[c->n].key = key;
+        c->kv[c->n].value = value;
+        c->n++;
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result authenticate(req *q)
+{
+    const char *token = mw_bearer(hdr(q, MHD_HTTP_HEADER_AUTHORIZATION));
+    err_info e;
+    err_clear(&e);
+    if (!token)
+        return send_code(q, ERR_UNAUTHENTICATED, 0, "missing bearer token");
+    err_code rc = authn_verify(q->s->d.an, token, &q->claims, &e);
+    if (rc == ERR_NOT_FOUND && upstream_refresh_keys_now(q->s->d.up, q->s->d.an)) {
+        err_clear(&e);
+        rc = authn_verify(q->s->d.an, token, &q->claims, &e);
+    }
+    if (rc == ERR_NOT_FOUND)
+        return send_code(q, ERR_UNAUTHENTICATED, 0, "invalid access token");
+    if (rc == ERR_UNAVAILABLE) {
+        e.retry_after_s = 1;
+        return send_error(q, &e, 0, NULL);
+    }
+    if (rc != ERR_OK)
+        return send_code(q, ERR_UNAUTHENTICATED, 0, "invalid or expired access token");
+    /* Revocation MGET and the per-user rate limit in one Redis round trip. */
+    err_clear(&e);
+    const gw_config *cfg = q->s->d.cfg;
+    char key[160];
+    snprintf(key, sizeof key, "user:%s", q->claims.sub);
+    authn_cmd ac;
+    ratelimit_cmd rc_cmd;
+    authn_revocation_prepare(&q->claims, &ac);
+    bool piped = ratelimit_prepare(q->s->d.rl, key, cfg->rl_user_rpm, &rc_cmd);
+    cache_reply *out[2] = {NULL, NULL};
+    int argcs[2] = {4, 6};
+    const char **argvs[2] = {ac.argv, rc_cmd.argv};
+    const size_t *lens[2] = {ac.lens, rc_cmd.lens};
+    err_info ce;
+    err_clear(&ce);
+    if (!q->s->d.redis ||
+        cache_pipeline(q->s->d.redis, piped ? 2 : 1, argcs, argvs, lens, out, &ce) != ERR_OK)
+        out[0] = out[1] = NULL;
+    rc = authn_revocation_finish(&q->claims, out[0], &e);
+    if (rc == ERR_OK && cfg->rl_user_rpm > 0) {
+        if (piped)
+            ratelimit_finish(q->s->d.rl, &rc_cmd, out[1], &q->rl);
+        else
+            ratelimit_check(q->s->d.rl, key, cfg->rl_user_rpm, &q->rl);
+        q->rl_set = true;
+    }
+    cache_reply_free(out[0]);
+    cache_reply_free(out[1]);
+    if (rc != ERR_OK)
+        return send_error(q, &e, 0, NULL);
+    q->authed = true;
+    return MHD_YES;
+}
+
+static enum MHD_Result send_no_route(req *q)
+{
+    if (q->m.allow[0]) {
+        err_info e;
+        err_clear(&e);
+        err_set(&e, ERR_UNIMPLEMENTED, "method %s not allowed on this path", q->method);
+        return send_error(q, &e, 405, q->m.allow);
+    }
+    return send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
+}
+
+static enum MHD_Result process(req *q)
+{
+    const routes_route *r = q->m.route;
+    const gw_config *cfg = q->s->d.cfg;
+    if (!r)
+        return send_no_route(q);
+    if (q->too_big)
+        return send_code(q, ERR_RESOURCE_EXHAUSTED, 413, "request body too large");
+    if (r->local != LOCAL_NONE)
+        return serve_local(q);
+
+    /* 1. authentication */
+    if (r->auth == AUTH_SIGNED_IN) {
+        enum MHD_Result x = authenticate(q);
+        if (!q->authed)
+            return x;
+    }
+
+    /* 2. rate limit: per user when signed in, else per client IP */
+    int limit = 0;
+    char key[160];
+    if (q->authed) {
+        limit = 0; /* already counted in authenticate(), pipelined with the revocation check */
+    } else if (r->limit == LIMIT_AUTH) {
+        limit = cfg->rl_auth_rpm;
+        snprintf(key, sizeof key, "auth:%s", q->client_ip);
+    } else if (r->limit == LIMIT_DEFAULT) {
+        limit = cfg->rl_anon_rpm;
+        snprintf(key, sizeof key, "anon:%s", q->client_ip);
+    }
+    if (limit > 0) {
+        ratelimit_check(q->s->d.rl, key, limit, &q->rl);
+        q->rl_set = true;
+    }
+    if (q->rl_set) {
+        if (!q->rl.allowed) {
+            const char *lv[] = {r->limit == LIMIT_AUTH && !q->authed ? "auth"
+                                : q->authed                         ? "user"
+                                                                    : "anon"};
+            metrics_inc(q->s->m_rl, lv);
+            err_info e;
+            err_clear(&e);
+            err_set(&e, ERR_RESOURCE_EXHAUSTED, "rate limit exceeded; retry later");
+            e.retry_after_s = q->rl.retry_after_s;
+            return send_error(q, &e, 0, NULL);
+        }
+    }
+
+    /* 3. transcoding */
+    char cookie[1024];
+    char etag[256];
+    collect c = {NULL, 0, 0};
+    int nq = MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    if (nq > 0) {
+        c.kv = arena_alloc(q->a, (size_t)nq * sizeof *c.kv);
+        c.cap = (size_t)nq;
+        MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, collect_kv, &c);
+    }
+    transcode_input in = {0};
+    in.body = q->body;
+    in.body_len = q->body_len;
+    in.query = c.kv;
+    in.nquery = c.n;
+    const char *im = hdr(q, "If-Match");
+    if (im) {
+        mw_etag_from_if_match(im, etag, sizeof etag);
+        in.if_match = etag;
+    }
+    if ((r->flags & RF_READ_COOKIE) &&
+        mw_cookie_get(hdr(q, MHD_HTTP_HEADER_COOKIE), "refresh_token", cookie, sizeof cookie))
+        in.cookie_refresh = cookie;
+    if (q->authed) {
+        in.sub = q->claims.sub;
+        in.sid = q->claims.sid;
+        in.jti = q->claims.jti;
+    }
+    err_info e;
+    err_clear(&e);
+    if (transcode_request(r, &q->m, &in, q->a, &q->msg, &e) != ERR_OK)
+        return send_error(q, &e, 0, NULL);
+
+    /* 4. authorization */
+    const char *perm = q->authed ? perm_needed(q) : NULL;
+    if (perm) {
+        Permission__V1__CheckRequest *cr = arena_alloc(q->a, sizeof *cr);
+        permission__v1__check_request__init(cr);
+        cr->user_id = q->claims.sub;
+        cr->permission = (char *)perm;
+        start_call(q, SVC_PERMISSION, "/permission.v1.PermissionService/Check", &cr->base,
+                   &permission__v1__check_response__descriptor, ST_WAIT_CHECK);
+        return MHD_YES;
+    }
+    return after_check(q);
+}
+
+static enum MHD_Result after_check(req *q)
+{
+    if (q->st == ST_WAIT_CHECK) {
+        if (q->rc != ERR_OK) {
+            /* The permission service failed: never fail open. */
+            err_info e = q->rerr;
+            if (e.code != ERR_DEADLINE_EXCEEDED)
+                e.code = ERR_UNAVAILABLE;
+            return send_upstream_error(q, &e);
+        }
+        const Permission__V1__CheckResponse *cr = (const void *)q->resp;
+        if (!cr || !cr->allowed)
+            return send_code(q, ERR_PERMISSION_DENIED, 0, "permission denied");
+    }
+    const routes_route *r = q->m.route;
+    start_call(q, r->svc, r->rpc, q->msg, r->resp, ST_WAIT_RPC);
+    return MHD_YES;
+}
+
+/* Upstream failures carry transport details (addresses, library errors): keep them in the log,
+ * give the client a stable message. */
+static enum MHD_Result send_upstream_error(req *q, err_info *e)
+{
+    switch (e->code) {
+    case ERR_UNAVAILABLE:
+        if (strncmp(e->msg, "circuit open", 12) != 0) {
+            log_ctx lc = {q->request_id, q->trace_id, q->span_id};
+            log_warn(&lc, "%s unavailable: %s", upstream_name(q->call_svc), e->msg);
+            snprintf(e->msg, sizeof e->msg, "%s service unavailable", upstream_name(q->call_svc));
+        }
+        break;
+    case ERR_DEADLINE_EXCEEDED:
+        snprintf(e->msg, sizeof e->msg, "request deadline exceeded");
+        break;
+    case ERR_INTERNAL:
+    case ERR_UNKNOWN:
+    case ERR_DATA_LOSS: {
+        log_ctx lc = {q->request_id, q->trace_id, q->span_id};
+        log_error(&lc, "%s failed: %s", upstream_name(q->call_svc), e->msg);
+        snprintf(e->msg, sizeof e->msg, "internal error");
+        e->nviolations = 0;
+        break;
+    }
+    default:
+        break;
+    }
+    return send_error(q, e, 0, NULL);
+}
+
+static enum MHD_Result respond_rpc(req *q)
+{
+    const routes_route *r = q->m.route;
+    if (q->rc != ERR_OK)
+        return send_upstream_error(q, &q->rerr);
+    struct MHD_Response *resp = NULL;
+    if (r->status == 204) {
+        if (send_raw(q, 204, "", 0, NULL, &resp) != MHD_YES)
+            return MHD_NO;
+    } else {
+        size_t len = 0;
+        char *json = pbjson_encode(q->resp, NULL, q->a, &len);
+        if (send_raw(q, r->status, json, len, "application/json", &resp) != MHD_YES)
+            return MHD_NO;
+    }
+    const gw_config *cfg = q->s->d.cfg;
+    char cookie[2048];
+    if ((r->flags & RF_SET_COOKIE) && q->resp) {
+        const char *tok = transcode_get_str(q->resp, "refresh_token");
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
+            q->resp->descriptor, "refresh_expires_in");
+        int max_age = f ? *(const int32_t *)((const char *)q->resp + f->offset) : 0;
+        if (*tok && strlen(tok) < 1500) {
+            mw_refresh_cookie(cookie, sizeof cookie, tok, max_age, cfg->cookie_secure);
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+        }
+    }
+    if (r->flags & RF_CLEAR_COOKIE) {
+        mw_refresh_cookie(cookie, sizeof cookie, "", 0, cfg->cookie_secure);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+    }
+    return finish(q, r->status, resp);
+}
+
+/* ---------- local routes ---------- */
+
+static void start_ready(req *q)
+{
+    static const char HEALTH[] = "/grpc.health.v1.Health/Check";
+    q->st = ST_WAIT_READY;
+    atomic_store(&q->pending, READY_CHECKS);
+    MHD_suspend_connection(q->conn);
+    int64_t dl = rpc_now_ms() + 1000;
+    for (int i = 0; i < READY_CHECKS; i++) {
+        q->ready_arena[i] = arena_new(1024);
+        Grpc__Health__V1__HealthCheckRequest *hr = arena_alloc(q->a, sizeof *hr);
+        grpc__health__v1__health_check_request__init(hr);
+        ready_arg *ra = arena_alloc(q->a, sizeof *ra);
+        ra->q = q;
+        ra->i = i;
+        rpc_metadata *md = arena_alloc(q->a, sizeof *md);
+        fill_md(q, md);
+        rpc_call_opts o = {NULL, md, dl};
+        atomic_fetch_add(&q->refs, 1);
+        err_info e;
+        err_clear(&e);
+        if (rpc_client_call_async(upstream_client(q->s->d.up, (routes_svc)i), HEALTH, &hr->base,
+                                  &grpc__health__v1__health_check_response__descriptor, &o,
+                                  q->ready_arena[i], on_ready_done, ra, &e) != ERR_OK)
+            on_ready_done(ra, e.code ? e.code : ERR_UNAVAILABLE, NULL, &e);
+    }
+}
+
+static enum MHD_Result finish_ready(req *q)
+{
+    bool ok = !atomic_load(&q->s->draining);
+    char body[512];
+    size_t n = 0;
+    n += (size_t)snprintf(body + n, sizeof body - n, "{\"checks\":{");
+    for (int i = 0; i < READY_CHECKS; i++) {
+        const Grpc__Health__V1__HealthCheckResponse *hr = (const void *)q->ready_resp[i];
+        bool serving = q->ready_rc[i] == ERR_OK && hr &&
+                       hr->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        ok = ok && serving;
+        n += (size_t)snprintf(body + n, sizeof body - n, "\"%s\":\"%s\",",
+                              upstream_name((routes_svc)i), serving ? "SERVING" : "NOT_SERVING");
+    }
+    bool redis_ok = false;
+    if (q->s->d.redis) {
+        const char *argv[] = {"PING"};
+        size_t lens[] = {4};
+        cache_reply *r = NULL;
+        err_info e;
+        err_clear(&e);
+        redis_ok = cache_command(q->s->d.redis, 1, argv, lens, &r, &e) == ERR_OK && r &&
+                   cache_reply_kind(r) == CACHE_REPLY_STRING;
+        cache_reply_free(r);
+    }
+    bool keys = authn_has_keys(q->s->d.an);
+    ok = ok && redis_ok && keys;
+    n += (size_t)snprintf(body + n, sizeof body - n,
+                          "\"redis\":\"%s\",\"jwks\":\"%s\"},\"status\":\"%s\"}",
+                          redis_ok ? "SERVING" : "NOT_SERVING", keys ? "SERVING" : "NOT_SERVING",
+                          ok ? "SERVING" : "NOT_SERVING");
+    return send_json(q, ok ? 200 : 503, body, n);
+}
+
+static enum MHD_Result serve_local(req *q)
+{
+    switch (q->m.route->local) {
+    case LOCAL_HEALTH:
+        if (atomic_load(&q->s->draining))
+            return send_json(q, 503, "{\"status\":\"NOT_SERVING\"}", 24);
+        return send_json(q, 200, "{\"status\":\"SERVING\"}", 20);
+    case LOCAL_READY:
+        start_ready(q);
+        return MHD_YES;
+    case LOCAL_METRICS: {
+        if (q->s->d.cfg->metrics_addr && *q->s->d.cfg->metrics_addr)
+            return send_code(q, ERR_NOT_FOUND, 404, "metrics are served on METRICS_ADDR");
+        size_t len = 0;
+        char *text = metrics_render(q->s->d.metrics, &len);
+        enum MHD_Result x = send_raw(q, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL);
+        free(text);
+        return x;
+    }
+    case LOCAL_OPENAPI:
+        return send_json(q, 200, q->s->openapi, q->s->openapi_len);
+    case LOCAL_NONE:
+        break;
+    }
+    return send_code(q, ERR_NOT_FOUND, 0, "not found");
+}
+
+/* ---------- MHD callbacks ---------- */
+
+static enum MHD_Result sum_headers(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    size_t *n = cls;
+    *n += strlen(key) + (value ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
+static const char *method_label(const char *m)
+{
+    static const char *const K[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", NULL};
+    for (int i = 0; K[i]; i++)
+        if (strcmp(K[i], m) == 0)
+            return K[i];
+    return "OTHER";
+}
+
+static req *req_new(http_server *s, struct MHD_Connection *conn, const char *url, const char *method)
+{
+    req *q = xcalloc(1, sizeof *q);
+    q->s = s;
+    q->conn = conn;
+    q->a = arena_new(0);
+    pthread_mutex_init(&q->mu, NULL);
+    atomic_store(&q->refs, 1);
+    atomic_fetch_add(&s->refs, 1);
+    q->start_ms = rpc_now_ms();
+    q->deadline_ms = q->start_ms + s->d.cfg->request_timeout_ms;
+    q->method = method_label(method);
+    q->path = arena_strdup(q->a, url);
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (mw_request_id_sane(rid))
+        snprintf(q->request_id, sizeof q->request_id, "%s", rid);
+    else
+        mw_request_id_new(q->request_id);
+    mw_traceparent(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"), q->trace_id,
+                   q->span_id, q->traceparent);
+    const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+    q->user_agent = ua ? arena_strndup(q->a, ua, 512) : "";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    q->client_ip[0] = 0;
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, q->client_ip,
+                      sizeof q->client_ip);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, q->client_ip,
+                      sizeof q->client_ip);
+    }
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (origin && mw_cors_allowed(s->d.cfg->cors_origins, origin))
+        q->origin = arena_strdup(q->a, origin);
+    return q;
+}
+
+/* First call for a request: everything that can be decided from the headers alone. Returns
+ * MHD_YES with q->st == ST_BODY to go on reading the body. */
+static enum MHD_Result on_headers(req *q, const char *method)
+{
+    http_server *s = q->s;
+    size_t hsize = 0;
+    MHD_get_connection_values(q->conn, MHD_HEADER_KIND, sum_headers, &hsize);
+    if (hsize > (size_t)s->d.cfg->max_header_bytes)
+        return send_code(q, ERR_RESOURCE_EXHAUSTED, 431, "request header fields too large");
+
+    bool preflight = strcmp(method, "OPTIONS") == 0;
+    routes_find(preflight ? "\x01" : method, q->path, &q->m);
+    if (preflight) {
+        if (!q->m.allow[0])
+            return send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
+        struct MHD_Response *r = NULL;
+        if (send_raw(q, 204, "", 0, NULL, &r) != MHD_YES)
+            return MHD_NO;
+        char allow[80];
+        snprintf(allow, sizeof allow, "%s, OPTIONS", q->m.allow);
+        MHD_add_response_header(r, "Allow", allow);
+        if (q->origin) {
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
+            MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                                    "Authorization, Content-Type, X-Request-Id, If-Match, traceparent");
+            MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+        }
+        return finish(q, 204, r);
+    }
+    if (!q->m.route) {
+        /* Without a body the answer waits for the final call, so the connection stays alive
+         * (a response queued before the body is read makes MHD close the connection). */
+        const char *clen = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                       MHD_HTTP_HEADER_CONTENT_LENGTH);
+        bool no_body = !MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_TRANSFER_ENCODING) &&
+                       (!clen || strcmp(clen, "0") == 0);
+        if (no_body) {
+            q->st = ST_BODY;
+            return MHD_YES;
+        }
+        return send_no_route(q);
+    }
+    const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end = NULL;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (end != cl && v > (unsigned long long)s->d.cfg->max_body_bytes)
+            return send_code(q, ERR_RESOURCE_EXHAUSTED, 413, "request body too large");
+    }
+    if (atomic_load(&s->draining) && q->m.route->local == LOCAL_NONE) {
+        /* Keep-alive connections during shutdown: refuse new work politely. */
+        err_info e;
+        err_clear(&e);
+        err_set(&e, ERR_UNAVAILABLE, "shutting down");
+        e.retry_after_s = 1;
+        return send_error(q, &e, 0, NULL);
+    }
+    q->st = ST_BODY;
+    return MHD_YES;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **sock_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    http_server *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        conn_track *ct = xcalloc(1, sizeof *ct);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        ct->fd = ci ? ci->connect_fd : -1;
+        ct->start_ms = rpc_now_ms();
+        pthread_mutex_lock(&s->ct_mu);
+        ct->next = s->ct_head.next;
+        ct->prev = &s->ct_head;
+        s->ct_head.next->prev = ct;
+        s->ct_head.next = ct;
+        pthread_mutex_unlock(&s->ct_mu);
+        *sock_ctx = ct;
+    } else if (*sock_ctx) {
+        conn_track *ct = *sock_ctx;
+        pthread_mutex_lock(&s->ct_mu);
+        ct->prev->next = ct->next;
+        ct->next->prev = ct->prev;
+        pthread_mutex_unlock(&s->ct_mu);
+        free(ct);
+        *sock_ctx = NULL;
+    }
+}
+
+static void *reaper_main(void *arg)
+{
+    http_server *s = arg;
+    int64_t limit = (int64_t)s->d.cfg->header_timeout_sec * 1000;
+    while (!atomic_load(&s->stop)) {
+        usleep(200000);
+        int64_t now = rpc_now_ms();
+        pthread_mutex_lock(&s->ct_mu);
+        for (conn_track *ct = s->ct_head.next; ct != &s->ct_head; ct = ct->next) {
+            if (!atomic_load(&ct->got_headers) && now - ct->start_ms > limit && ct->fd >= 0) {
+                /* shutdown, not close: MHD sees EOF and closes (and notifies) itself. */
+                shutdown(ct->fd, SHUT_RDWR);
+                atomic_store(&ct->got_headers, true);
+                atomic_fetch_add(&s->slow_cut, 1);
+            }
+        }
+        pthread_mutex_unlock(&s->ct_mu);
+    }
+    return NULL;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **con_cls)
+{
+    http_server *s = cls;
+    req *q = *con_cls;
+    if (!q) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        if (ci && ci->socket_context)
+            atomic_store(&((conn_track *)ci->socket_context)->got_headers, true);
+        q = req_new(s, conn, url, method);
+        *con_cls = q;
+        atomic_fetch_add(&s->inflight, 1);
+        q->st = ST_DONE;
+        return on_headers(q, method);
+    }
+    if (q->st == ST_DONE) {
+        /* Answered from the headers; discard any body. */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (!q->too_big) {
+            if (q->body_len + *upload_size > (size_t)s->d.cfg->max_body_bytes) {
+                q->too_big = true;
+                free(q->body);
+                q->body = NULL;
+                q->body_len = 0;
+            } else {
+                if (q->body_len + *upload_size + 1 > q->body_cap) {
+                    size_t cap = q->body_cap ? q->body_cap * 2 : 4096;
+                    while (cap < q->body_len + *upload_size + 1)
+                        cap *= 2;
+                    q->body = xrealloc(q->body, cap);
+                    q->body_cap = cap;
+                }
+                memcpy(q->body + q->body_len, upload, *upload_size);
+                q->body_len += *upload_size;
+                q->body[q->body_len] = 0;
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    switch (q->st) {
+    case ST_BODY:
+        return process(q);
+    case ST_WAIT_CHECK:
+        return after_check(q);
+    case ST_WAIT_RPC:
+        return respond_rpc(q);
+    case ST_WAIT_READY:
+        return finish_ready(q);
+    case ST_DONE:
+        break;
+    }
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    http_server *s = cls;
+    req *q = *con_cls;
+    if (!q)
+        return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&q->mu);
+    q->completed = true;
+    pthread_mutex_unlock(&q->mu);
+
+    double dur = (double)(rpc_now_ms() - q->start_ms) / 1000.0;
+    int status = q->status ? q->status : 499;
+    char sc[8];
+    snprintf(sc, sizeof sc, "%d", status);
+    const char *route = q->m.route ? q->m.route->path : "unmatched";
+    const char *lv[] = {q->method, route, sc};
+    metrics_inc(s->m_total, lv);
+    metrics_observe(s->m_duration, lv, dur);
+    if (log_min_level <= LOG_INFO) {
+        char kv[1024], p[600], ip[100];
+        snprintf(kv, sizeof kv,
+                 "\"method\":\"%s\",\"route\":\"%s\",\"path\":%s,\"status\":%d,\"duration_ms\":%.3f,"
+                 "\"client_ip\":%s,\"user_id\":\"%s\"",
+                 q->method, route, log_json_str(p, sizeof p, q->path), status, dur * 1000.0,
+                 log_json_str(ip, sizeof ip, q->client_ip), q->authed ? q->claims.sub : "");
+        log_ctx lc = {q->request_id, q->trace_id, q->span_id};
+        log_info_kv(&lc, kv, "request");
+    }
+    atomic_fetch_sub(&s->inflight, 1);
+    req_unref(q);
+}
+
+static int parse_addr(const char *addr, struct sockaddr_in *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    const char *colon = strrchr(addr, ':');
+    if (!colon)
+        return -1;
+    char host[64];
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= sizeof host)
+        return -1;
+    memcpy(host, addr, hl);
+    host[hl] = 0;
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end || port < 0 || port > 65535)
+        return -1;
+    sa->sin_port = htons((uint16_t)port);
+    if (hl == 0 || strcmp(host, "*") == 0)
+        snprintf(host, sizeof host, "0.0.0.0");
+    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
+        return -1;
+    return 0;
+}
+
+http_server *http_server_start(const http_deps *d, err_info *e)
+{
+    struct sockaddr_in sa;
+    if (parse_addr(d->cfg->listen_addr, &sa) != 0) {
+        err_set(e, ERR_INVALID_ARGUMENT, "LISTEN_ADDR: bad address '%s'", d->cfg->listen_addr);
+        return NULL;
+    }
+    http_server *s = xcalloc(1, sizeof *s);
+    s->d = *d;
+    pthread_mutex_init(&s->ct_mu, NULL);
+    s->ct_head.next = s->ct_head.prev = &s->ct_head;
+    s->openapi = openapi_build(&s->openapi_len);
+    static const char *const labels[] = {"method", "route", "status_code", NULL};
+    s->m_total = metrics_family_new(d->metrics, METRICS_COUNTER, "http_requests_total",
+                                    "HTTP requests by method, route template and status",
+                                    labels, NULL, 0);
+    s->m_duration = metrics_family_new(d->metrics, METRICS_HISTOGRAM,
+                                       "http_request_duration_seconds",
+                                       "HTTP request duration by method, route template and status",
+                                       labels, NULL, 0);
+    static const char *const rl_labels[] = {"limiter", NULL};
+    s->m_rl = metrics_family_new(d->metrics, METRICS_COUNTER, "rate_limit_rejections_total",
+                                 "requests refused by the rate limiter", rl_labels, NULL, 0);
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+    s->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)d->cfg->http_threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)d->cfg->idle_timeout_sec,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        /* Room for headers somewhat past our limit, so we answer 431 ourselves with a JSON body;
+         * not more: MHD zeroes this pool between requests (80 KiB cost ~20% of /health). */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(d->cfg->max_header_bytes + 8192),
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+    if (!s->mhd) {
+        err_set(e, ERR_UNAVAILABLE, "cannot listen on %s", d->cfg->listen_addr);
+        pthread_mutex_destroy(&s->ct_mu);
+        free(s->openapi);
+        free(s);
+        return NULL;
+    }
+    if (pthread_create(&s->reaper, NULL, reaper_main, s) == 0)
+        s->reaper_started = true;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : ntohs(sa.sin_port);
+    return s;
+}
+
+int http_server_port(const http_server *s) { return s->port; }
+
+void http_server_drain(http_server *s)
+{
+    atomic_store(&s->draining, true);
+    MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+bool http_server_wait_idle(http_server *s, int grace_ms)
+{
+    int64_t end = rpc_now_ms() + grace_ms;
+    while (atomic_load(&s->inflight) > 0 && rpc_now_ms() < end)
+        usleep(20000);
+    return atomic_load(&s->inflight) == 0;
+}
+
+void http_server_free(http_server *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->stop, true);
+    if (s->reaper_started)
+        pthread_join(s->reaper, NULL);
+    MHD_stop_daemon(s->mhd);
+    /* Suspended requests whose gRPC call is still running hold a reference; their callbacks
+     * arrive within the request deadline. */
+    int64_t end = rpc_now_ms() + s->d.cfg->request_timeout_ms + 1000;
+    while (atomic_load(&s->refs) > 0 && rpc_now_ms() < end)
+        usleep(10000);
+    pthread_mutex_destroy(&s->ct_mu);
+    free(s->openapi);
+    free(s);
+}

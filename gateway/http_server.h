@@ -1,0 +1,36 @@
+/* http_server: libmicrohttpd front end running the request pipeline (route → authn → rate limit →
+ * transcode → authz → RPC → JSON), suspending connections while gRPC calls are in flight. */
+#ifndef GATEWAY_HTTP_SERVER_H
+#define GATEWAY_HTTP_SERVER_H
+
+#include <stdbool.h>
+
+#include "authn.h"
+#include "common/cache.h"
+#include "common/metrics.h"
+#include "gw_config.h"
+#include "ratelimit.h"
+#include "upstream.h"
+
+typedef struct http_deps {
+    const gw_config *cfg;
+    authn *an;
+    ratelimit *rl;
+    upstream *up;
+    cache *redis;           /* for /ready's PING; may be NULL */
+    metrics_registry *metrics;
+} http_deps;
+
+typedef struct http_server http_server;
+
+/* Binds cfg->listen_addr (port 0 = any; see http_server_port) and starts serving. */
+http_server *http_server_start(const http_deps *d, err_info *e);
+int http_server_port(const http_server *s);
+/* Shutdown, step 1: /health and /ready answer 503, the listening socket is closed. */
+void http_server_drain(http_server *s);
+/* Step 2: waits until no request is in flight or grace_ms passed; true when idle. */
+bool http_server_wait_idle(http_server *s, int grace_ms);
+/* Step 3: stops the daemon (closes what is left) and waits for outstanding gRPC callbacks. */
+void http_server_free(http_server *s);
+
+#endif

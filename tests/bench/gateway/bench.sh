@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Gateway benchmark, side by side in one run: the C stack (release build: permission, user, auth,
+# gateway on a private PostgreSQL + Redis started by tests/support/harness), the Express peer
+# (../shared/peers/express, WORKERS=2) and nginx serving a static JSON (the HTTP ceiling).
+#   tests/bench/gateway/bench.sh [duration]      (default 10s; REPEAT=n runs each wrk n times)
+# Env: BUILD (default build-gateway-rel, built with -DCMAKE_BUILD_TYPE=Release), EXPRESS_DIR,
+# SKIP_EXPRESS=1, SKIP_NGINX=1, CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir). Every process started here is stopped at exit (by PID).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+BUILD=${BUILD:-$root/build-gateway-rel}
+EXPRESS_DIR=${EXPRESS_DIR:-$root/../shared/peers/express}
+[ -d "$EXPRESS_DIR" ] || EXPRESS_DIR=/work/shared/peers/express
+D=${1:-10s}
+REPEAT=${REPEAT:-1}
+CONNS=${CONNS:-64}
+W=$(mktemp -d /tmp/gwbench.XXXXXX)
+export HARNESS_DIR=$W/harness
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  "$root/tests/support/harness" stop >/dev/null 2>&1 || true
+  if [ -z "${SKIP_EXPRESS:-}" ] && [ -n "${express_started:-}" ]; then (cd "$EXPRESS_DIR" && ./stop.sh >/dev/null 2>&1 || true); fi
+  if [ -n "${KEEP_LOGS:-}" ]; then echo "== logs in $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+for b in gateway auth-service user-service permission-service; do
+  [ -x "$BUILD/bin/$b" ] || { echo "missing $BUILD/bin/$b (cmake -B $BUILD -DCMAKE_BUILD_TYPE=Release && cmake --build $BUILD --target $b)" >&2; exit 1; }
+done
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+"$root/tests/support/harness" start >/dev/null
+. "$HARNESS_DIR/state"
+PSQL="/usr/lib/postgresql/15/bin/psql -q -h 127.0.0.1 -p $PGPORT -U postgres"
+$PSQL -c "DROP DATABASE IF EXISTS gwbench" -c "CREATE DATABASE gwbench" >/dev/null
+$PSQL -d gwbench -f "$root/deploy/postgres/init.sql" >/dev/null
+P_AUTH=$(free_port); P_USER=$(free_port); P_PERM=$(free_port); P_GW=$(free_port)
+common=(REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 LOG_LEVEL=warn)
+db() { echo "host=127.0.0.1 port=$PGPORT dbname=gwbench user=$1"; }
+mkdir -p "$W/keys"
+openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$W/keys/20260101T000000Z.pem"
+env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_PERM METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db permission_svc)" \
+  "$BUILD/bin/permission-service" >>"$W/stack.log" 2>&1 & pids+=($!)
+env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_USER METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db user_svc)" \
+  "$BUILD/bin/user-service" >>"$W/stack.log" 2>&1 & pids+=($!)
+wait_port "$P_PERM"; wait_port "$P_USER"
+env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_AUTH METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db auth_svc)" \
+  USER_SERVICE_ADDR=127.0.0.1:$P_USER PERMISSION_SERVICE_ADDR=127.0.0.1:$P_PERM JWT_KEYS_DIR="$W/keys" \
+  "$BUILD/bin/auth-service" >>"$W/stack.log" 2>&1 & pids+=($!)
+wait_port "$P_AUTH"
+# Limits raised so the limiter runs on every request but never rejects (as the Express bench does).
+env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_GW AUTH_SERVICE_ADDR=127.0.0.1:$P_AUTH \
+  USER_SERVICE_ADDR=127.0.0.1:$P_USER PERMISSION_SERVICE_ADDR=127.0.0.1:$P_PERM \
+  RATE_LIMIT_AUTH_RPM=100000000 RATE_LIMIT_ANON_RPM=100000000 RATE_LIMIT_USER_RPM=100000000 \
+  HTTP_THREADS=${HTTP_THREADS:-2} "$BUILD/bin/gateway" >>"$W/stack.log" 2>&1 & pids+=($!)
+wait_port "$P_GW"
+GW=http://127.0.0.1:$P_GW
+for _ in $(seq 1 100); do curl -fs "$GW/ready" >/dev/null && break; sleep 0.1; done
+
+run() { # name url script [env...]
+  local name=$1 url=$2 script=$3; shift 3
+  env "$@" wrk -t1 -c"$CONNS" -d3s ${script:+-s "$script"} "$url" >/dev/null 2>&1 || true
+  for _ in $(seq 1 "$REPEAT"); do
+    echo "-- $name: wrk -t1 -c$CONNS -d$D --latency ${script:+-s $(basename "$script")} $url"
+    env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" \
+      | grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors"
+  done
+}
+register() { # base → sets TOKEN USER_ID EMAIL PASSWORD
+  EMAIL="bench-$RANDOM$RANDOM@example.com"; PASSWORD="bench-password-1"
+  local out
+  out=$(curl -fsS -X POST "$1/v1/auth/register" -H 'Content-Type: application/json' \
+    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"display_name\":\"Bench\"}")
+  TOKEN=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  USER_ID=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["id"])')
+}
+echo "== $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
+echo "== C gateway (HTTP_THREADS=${HTTP_THREADS:-2}) $GW"
+register "$GW"
+run "C /v1/users/me" "$GW/v1/users/me" "$here/me.lua" TOKEN="$TOKEN"
+run "C /v1/permissions:check" "$GW/v1/permissions:check" "$here/check.lua" TOKEN="$TOKEN" USER_ID="$USER_ID"
+run "C /v1/auth/login" "$GW/v1/auth/login" "$here/login.lua" EMAIL="$EMAIL" PASSWORD="$PASSWORD"
+run "C /health" "$GW/health" ""
+
+if [ -z "${SKIP_EXPRESS:-}" ]; then
+  EX=http://127.0.0.1:${EXPRESS_PORT:-18080}
+  echo "== Express peer (WORKERS=2) $EX"
+  (cd "$EXPRESS_DIR" && WORKERS=2 RATE_LIMIT_MAX=1000000000 RATE_LIMIT_AUTH_MAX=1000000000 ./run.sh >/dev/null)
+  express_started=1
+  register "$EX"
+  run "Express /v1/users/me" "$EX/v1/users/me" "$here/me.lua" TOKEN="$TOKEN"
+  run "Express /v1/permissions:check" "$EX/v1/permissions:check" "$here/check.lua" TOKEN="$TOKEN" USER_ID="$USER_ID"
+  run "Express /v1/auth/login" "$EX/v1/auth/login" "$here/login.lua" EMAIL="$EMAIL" PASSWORD="$PASSWORD"
+  run "Express /health" "$EX/health" ""
+fi
+
+if [ -z "${SKIP_NGINX:-}" ] && command -v nginx >/dev/null; then
+  NP=$(free_port); mkdir -p "$W/nginx/tmp"
+  sed -e "s#NGINX_DIR#$W/nginx#g" -e "s#NGINX_PORT#$NP#g" "$here/nginx.conf" >"$W/nginx/nginx.conf"
+  nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" 2>>"$W/nginx/error.log" & pids+=($!)
+  wait_port "$NP"
+  echo "== nginx static JSON (1 worker)"
+  run "nginx static" "http://127.0.0.1:$NP/health" ""
+fi

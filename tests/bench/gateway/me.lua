@@ -1,0 +1,3 @@
+-- wrk -s me.lua: GET /v1/users/me with the bearer token in $TOKEN
+wrk.method = "GET"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
