@@ -57,6 +57,9 @@ static void common_table(const svc_def *def, config_opt *t, char *dburl, size_t 
     memcpy(t, common_template, sizeof common_template);
     t[O_LISTEN].def = def->default_listen ? def->default_listen : "0.0.0.0:50051";
     t[O_METRICS].def = def->default_metrics ? def->default_metrics : "0.0.0.0:0";
+    for (size_t i = 0; def->default_rpc_threads && i < O_NCOMMON; i++)
+        if (strcmp(t[i].env, "RPC_THREADS") == 0)
+            t[i].def = def->default_rpc_threads;
     if (def->default_database_url) {
         t[O_DATABASE_URL].def = def->default_database_url;
     } else {

@@ -118,6 +118,7 @@ int main(int argc, char **argv)
         .default_listen = "0.0.0.0:50053",
         .default_metrics = "0.0.0.0:9093",
         .default_database_url = "host=127.0.0.1 port=5432 dbname=identity user=permission_svc",
+        .default_rpc_threads = "4",
         .migrations = permission_migrations,
         .nmigrations = 0, /* set below: a const size_t is not a constant expression in C */
         .methods = permission_rpc_methods,

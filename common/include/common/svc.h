@@ -46,6 +46,8 @@ typedef struct svc_def {
     const char *default_listen;   /* "0.0.0.0:50052" */
     const char *default_metrics;  /* "0.0.0.0:9092" */
     const char *default_database_url;
+    const char *default_rpc_threads; /* RPC_THREADS default; NULL = "2" (auth blocks a thread per
+                                        login while it hashes; permission per Redis round trip) */
     const db_migration *migrations;
     size_t nmigrations;
     const rpc_method *methods;
