@@ -77,6 +77,8 @@ static void usage(const svc_def *def, const char *argv0, const config_opt *commo
     config_print_help(common, O_NCOMMON);
     if (def->opts && def->nopts)
         config_print_help(def->opts, def->nopts);
+    if (def->calls_peers)
+        rpc_client_policy_print_help();
     printf("\n  --health-check  ask grpc.health.v1.Health/Check on LISTEN_ADDR; exit 0 if SERVING\n");
 }
 

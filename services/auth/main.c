@@ -15,6 +15,7 @@ int main(int argc, char **argv)
         .default_metrics = "0.0.0.0:9091",
         .default_database_url = "host=127.0.0.1 port=5432 dbname=identity user=auth_svc",
         .default_rpc_threads = "8",
+        .calls_peers = true,
         .migrations = auth_migrations,
         .nmigrations = auth_nmigrations,
         .methods = auth_rpc_methods,

@@ -2,6 +2,7 @@
 #ifndef COMMON_SVC_H
 #define COMMON_SVC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/cache.h"
@@ -46,6 +47,7 @@ typedef struct svc_def {
     const char *default_listen;   /* "0.0.0.0:50052" */
     const char *default_metrics;  /* "0.0.0.0:9092" */
     const char *default_database_url;
+    bool calls_peers; /* makes rpc_client calls: --help lists the BREAKER_* / RPC_RETRY_* options */
     const char *default_rpc_threads; /* RPC_THREADS default; NULL = "2" (auth blocks a thread per
                                         login while it hashes; permission per Redis round trip) */
     const db_migration *migrations;
