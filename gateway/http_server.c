@@ -82,7 +82,6 @@ typedef struct req {
     /* result of the asynchronous call(s) */
     atomic_int pending;
     routes_svc call_svc;
-    int64_t call_start_ms;
     err_code rc;
     ProtobufCMessage *resp;
     err_info rerr;
@@ -214,9 +213,6 @@ static enum MHD_Result send_json(req *q, int status, const char *body, size_t le
 static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
 {
     req *q = arg;
-    if (q->call_start_ms)
-        breaker_record(upstream_breaker(q->s->d.up, q->call_svc), code,
-                       rpc_now_ms() - q->call_start_ms);
     q->rc = code;
     q->resp = resp;
     if (code != ERR_OK && e)
@@ -277,16 +273,10 @@ static void start_call(req *q, routes_svc svc, const char *method, const Protobu
     MHD_suspend_connection(q->conn);
     err_info e;
     err_clear(&e);
-    int64_t wait_ms = 0;
     q->call_svc = svc;
-    q->call_start_ms = 0;
-    if (!breaker_allow(upstream_breaker(q->s->d.up, svc), &wait_ms)) {
-        err_set(&e, ERR_UNAVAILABLE, "circuit open: %s", upstream_name(svc));
-        e.retry_after_s = (int)((wait_ms + 999) / 1000);
-        on_done(q, ERR_UNAVAILABLE, NULL, &e);
-        return;
-    }
-    q->call_start_ms = rpc_now_ms();
+    /* The client's breaker, retries and deadline margin apply here (common/rpc_client). An open
+     * circuit is refused at once: UNAVAILABLE "circuit open: <svc>" with e.retry_after_s = the
+     * remaining open time, answered as 503 + Retry-After by send_upstream_error. */
     if (rpc_client_call_async(upstream_client(q->s->d.up, svc), method, msg, rd, &o, q->a, on_done,
                               q, &e) != ERR_OK) {
         if (e.code == ERR_OK)
@@ -641,8 +631,15 @@ static enum MHD_Result finish_ready(req *q)
     bool keys = authn_has_keys(q->s->d.an);
     ok = ok && redis_ok && keys;
     n += (size_t)snprintf(body + n, sizeof body - n,
-                          "\"redis\":\"%s\",\"jwks\":\"%s\"},\"status\":\"%s\"}",
-                          redis_ok ? "SERVING" : "NOT_SERVING", keys ? "SERVING" : "NOT_SERVING",
+                          "\"redis\":\"%s\",\"jwks\":\"%s\"},\"breakers\":{",
+                          redis_ok ? "SERVING" : "NOT_SERVING", keys ? "SERVING" : "NOT_SERVING");
+    /* Informational: an open circuit already shows as NOT_SERVING (its check was refused). */
+    for (int i = 0; i < READY_CHECKS; i++)
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s\"%s\":\"%s\"", i ? "," : "",
+                              upstream_name((routes_svc)i),
+                              breaker_state_name(breaker_state_get(
+                                  upstream_breaker(q->s->d.up, (routes_svc)i))));
+    n += (size_t)snprintf(body + n, sizeof body - n, "},\"status\":\"%s\"}",
                           ok ? "SERVING" : "NOT_SERVING");
     return send_json(q, ok ? 200 : 503, body, n);
 }

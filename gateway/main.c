@@ -1,5 +1,6 @@
 /* gateway: the HTTP/JSON front door: config → log → Redis/keys/clients → HTTP server → signals →
  * graceful shutdown (/ready 503, stop accepting, finish in-flight within SHUTDOWN_GRACE_MS). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -7,25 +8,57 @@
 #include "common/cache.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/rpc_client.h"
 #include "common/rpc_server.h"
 #include "gw_config.h"
 #include "http_server.h"
+#include "probe.h"
 #include "ratelimit.h"
 #include "upstream.h"
+
+/* Same layout as the services' --help (svc.c): docs/CONFIGURATION.md is generated from the
+ * "NAME=default  # help" lines (tests/ops/config/gen-configuration). */
+static void usage(const char *argv0, const config_opt *tab, size_t ntab)
+{
+    printf("usage: %s [--help] [--health-check]\n"
+           "  gateway (HTTP/JSON front door). Configuration comes from the environment:\n\n",
+           argv0);
+    config_print_help(tab, ntab);
+    rpc_client_policy_print_help();
+    printf("\n  --health-check  GET /health on LISTEN_ADDR's port (127.0.0.1 for a wildcard "
+           "host, 2 s); exit 0 on 200\n");
+}
 
 int main(int argc, char **argv)
 {
     size_t ntab;
     const config_opt *tab = gw_config_table(&ntab);
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        config_print_help(tab, ntab);
+        usage(argv[0], tab, ntab);
         return 0;
     }
-    rpc_signals_block(); /* before any thread, gRPC's and MHD's included */
+    bool probe = argc > 1 && strcmp(argv[1], "--health-check") == 0;
+    if (argc > 1 && !probe) {
+        fprintf(stderr, "gateway: unknown argument '%s' (try --help)\n", argv[1]);
+        return 2;
+    }
     gw_config cfg;
     err_info e;
     err_clear(&e);
-    if (gw_config_load(&cfg, &e) != ERR_OK) {
+    if (probe) {
+        /* Docker HEALTHCHECK: no threads, no logging, just GET /health on our own port. */
+        int x = 1;
+        if (gw_config_load(&cfg, &e) == ERR_OK)
+            x = probe_health_main(cfg.listen_addr);
+        else
+            printf("health-check: %s\n", e.msg);
+        gw_config_free(&cfg);
+        return x;
+    }
+    rpc_signals_block(); /* before any thread, gRPC's and MHD's included */
+    /* The resilience policy (breakers, retries, deadline margin) is read once, for all clients. */
+    rpc_client_policy policy;
+    if (gw_config_load(&cfg, &e) != ERR_OK || rpc_client_policy_load(&policy, &e) != ERR_OK) {
         fprintf(stderr, "gateway: %s\n", e.msg);
         gw_config_free(&cfg);
         return 2;
@@ -53,12 +86,11 @@ int main(int argc, char **argv)
         log_error(NULL, "REDIS_URL: %s", e.msg);
         goto out;
     }
-    up = upstream_new(&cfg, &e);
+    up = upstream_new(&cfg, &policy, mr, &e);
     if (!up) {
         log_error(NULL, "upstream: %s", e.msg);
         goto out;
     }
-    upstream_export_metrics(up, mr);
     upstream_start_key_refresher(up, an, cfg.jwks_refresh_sec);
     http_deps d = {&cfg, an, rl, up, redis, mr};
     hs = http_server_start(&d, &e);

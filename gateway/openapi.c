@@ -122,7 +122,9 @@ static void lower(char *s)
             *s = (char)(*s - 'A' + 'a');
 }
 
-/* "/v1/users/{user.id:user}" → "/v1/users/{user.id}", and the parameter list. */
+/* "/v1/users/{user.id:user}" → "/v1/users/{id}", and the parameter list. The parameter is named
+ * by the last part of its field path so that GET /v1/users/{id} and PATCH (bound to user.id) share
+ * one path item: OpenAPI forbids two templated paths that differ only in parameter names. */
 static void openapi_path(const char *t, char *out, size_t len, json_t *params)
 {
     size_t n = 0;
@@ -133,6 +135,9 @@ static void openapi_path(const char *t, char *out, size_t len, json_t *params)
             size_t nl = (size_t)((colon ? colon : end) - t - 1);
             char name[64];
             snprintf(name, sizeof name, "%.*s", (int)nl, t + 1);
+            char *dot = strrchr(name, '.');
+            if (dot)
+                memmove(name, dot + 1, strlen(dot + 1) + 1);
             n += (size_t)snprintf(out + n, len - n, "{%s}", name);
             json_t *schema = json_pack("{s:s}", "type", "string");
             if (colon && strncmp(colon + 1, "uuid", 4) == 0)

@@ -14,8 +14,6 @@
 
 struct upstream {
     rpc_client *c[SVC_COUNT];
-    breaker *b[SVC_COUNT];
-    metrics_family *m_state;
     pthread_t th;
     bool th_started;
     pthread_mutex_t mu;
@@ -30,32 +28,13 @@ static const char *const NAMES[SVC_COUNT] = {"auth", "user", "permission"};
 
 const char *upstream_name(routes_svc s) { return s >= 0 && s < SVC_COUNT ? NAMES[s] : "none"; }
 
-static void on_transition(void *arg, const char *target, breaker_state from, breaker_state to)
+breaker *upstream_breaker(upstream *u, routes_svc s)
 {
-    log_warn(NULL, "circuit breaker %s: %s -> %s", target, breaker_state_name(from),
-             breaker_state_name(to));
+    return s >= 0 && s < SVC_COUNT ? rpc_client_breaker(u->c[s]) : NULL;
 }
 
-breaker *upstream_breaker(upstream *u, routes_svc s) { return s >= 0 && s < SVC_COUNT ? u->b[s] : NULL; }
-
-static void collect(void *arg)
-{
-    upstream *u = arg;
-    for (int i = 0; i < SVC_COUNT; i++) {
-        const char *lv[] = {NAMES[i]};
-        metrics_gauge_set(metrics_series_get(u->m_state, lv), (double)breaker_state_get(u->b[i]));
-    }
-}
-
-void upstream_export_metrics(upstream *u, metrics_registry *r)
-{
-    static const char *const labels[] = {"target", NULL};
-    u->m_state = metrics_family_new(r, METRICS_GAUGE, "circuit_breaker_state",
-                                    "0 closed, 1 open, 2 half-open", labels, NULL, 0);
-    metrics_on_collect(r, collect, u);
-}
-
-upstream *upstream_new(const gw_config *cfg, err_info *e)
+upstream *upstream_new(const gw_config *cfg, const rpc_client_policy *policy, metrics_registry *mr,
+                       err_info *e)
 {
     upstream *u = xcalloc(1, sizeof *u);
     pthread_mutex_init(&u->mu, NULL);
@@ -63,10 +42,10 @@ upstream *upstream_new(const gw_config *cfg, err_info *e)
     const char *addrs[SVC_COUNT] = {cfg->auth_addr, cfg->user_addr, cfg->permission_addr};
     for (int i = 0; i < SVC_COUNT; i++) {
         rpc_client_opts o = {addrs[i], NAMES[i], cfg->request_timeout_ms, 4 * 1024 * 1024};
-        breaker_opts bo = {.target = NAMES[i]};
-        bo.on_transition = on_transition;
-        u->b[i] = breaker_new(&bo);
-        u->c[i] = rpc_client_new(&o, e);
+        /* The client owns the breaker, retries and deadline margin; it also logs each breaker
+         * transition and exports circuit_breaker_state{target}. */
+        rpc_client_ext_opts x = {.policy = policy, .metrics = mr};
+        u->c[i] = rpc_client_new_ext(&o, &x, e);
         if (!u->c[i]) {
             upstream_free(u);
             return NULL;
@@ -88,7 +67,6 @@ void upstream_free(upstream *u)
     }
     for (int i = 0; i < SVC_COUNT; i++) {
         rpc_client_free(u->c[i]);
-        breaker_free(u->b[i]);
     }
     pthread_mutex_destroy(&u->mu);
     pthread_cond_destroy(&u->cv);

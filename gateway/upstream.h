@@ -11,14 +11,16 @@
 
 typedef struct upstream upstream;
 
-upstream *upstream_new(const gw_config *cfg, err_info *e);
+/* One client per service with the process's resilience policy (breaker, retries, deadline
+ * margin: common/rpc_client) and, when mr is given, its client metrics (grpc_client_*,
+ * circuit_breaker_state{target}, ...) in mr. policy NULL = built-in defaults. */
+upstream *upstream_new(const gw_config *cfg, const rpc_client_policy *policy, metrics_registry *mr,
+                       err_info *e);
 void upstream_free(upstream *u); /* no call may be in flight */
 rpc_client *upstream_client(upstream *u, routes_svc s);
-/* The circuit breaker in front of a service (failures: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
- * UNKNOWN). */
+/* The circuit breaker of a service's client (owned by the rpc_client; every call through
+ * upstream_client goes through it). For state pages (/ready). */
 breaker *upstream_breaker(upstream *u, routes_svc s);
-/* Exports circuit_breaker_state{target} (0 closed, 1 open, 2 half-open) into r. */
-void upstream_export_metrics(upstream *u, metrics_registry *r);
 const char *upstream_name(routes_svc s);
 
 /* Blocking GetJwks → authn_set_jwks. */

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "common/breaker.h"
@@ -137,8 +138,16 @@ static err_code compensate(auth_peers *p, rpc_client *c, const char *method,
                            const ProtobufCMessage *req, const rpc_ctx *parent, err_info *e)
 {
     err_code rc = ERR_OK;
+    /* The caller's metadata, but with this hop as the trace parent (not the hop that called us). */
+    rpc_metadata md;
+    char tp[64];
+    if (parent) {
+        md = parent->md;
+        snprintf(tp, sizeof tp, "00-%s-%s-01", parent->trace_id, parent->span_id);
+        md.traceparent = tp;
+    }
     for (int attempt = 0; attempt < 3; attempt++) {
-        rpc_call_opts o = {.md = parent ? &parent->md : NULL,
+        rpc_call_opts o = {.md = parent ? &md : NULL,
                            .deadline_ms = rpc_now_ms() + p->timeout_ms};
         arena *a = arena_new(0);
         ProtobufCMessage *resp = NULL;

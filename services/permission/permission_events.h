@@ -1,7 +1,7 @@
-/* permission_events: the consumer of the events.user stream (group permission-service). On
- * user.deleted it removes the user's assignments, and acknowledges only after that committed and
- * the user's version token was replaced. Pending entries of dead consumers are claimed (XAUTOCLAIM)
- * at start and periodically. One thread. */
+/* permission_events: the consumer of the events.user stream (group permission-service), on
+ * common/events. On user.deleted it removes the user's assignments, and acknowledges only after
+ * that committed and the user's version token was replaced. Pending entries of dead consumers are
+ * claimed (XAUTOCLAIM) at start and periodically. One thread. */
 #ifndef PERMISSION_EVENTS_H
 #define PERMISSION_EVENTS_H
 

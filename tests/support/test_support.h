@@ -43,7 +43,9 @@ int ts_redis_flush(int db);
 int ts_free_port(void);
 
 /* Starts a program (argv[0] a path) with extra environment entries "K=V" (NULL-terminated, may be
- * NULL) added to ours; stdout/stderr go to log_path (appended) when not NULL. Returns the pid. */
+ * NULL) added to ours; stdout/stderr go to log_path (appended) when not NULL. Returns the pid.
+ * The child gets PR_SET_PDEATHSIG = SIGKILL, so it dies with a crashed test program. Linux sends
+ * it when the forking *thread* ends: spawn from the main thread (or one that outlives the child). */
 int ts_spawn(char *const argv[], char *const extra_env[], const char *log_path);
 /* Waits until 127.0.0.1:port accepts a TCP connection; returns 0, or -1 after timeout_ms. */
 int ts_wait_port(int port, int timeout_ms);
@@ -58,5 +60,47 @@ const char *ts_bin(const char *name);
 int ts_harness(const char *cmd);
 /* CLOCK_MONOTONIC in milliseconds. */
 long long ts_now_ms(void);
+
+/* ---------- the whole stack: permission, user, auth services + gateway ---------- */
+
+typedef enum ts_svc { TS_PERM, TS_USER, TS_AUTH, TS_GW, TS_NSVC } ts_svc;
+
+#define TS_STACK_MAX_ENV 32
+
+typedef struct ts_stack_opts {
+    const char *dbname;         /* fresh database (ts_fresh_db), e.g. "t_fault_breaker" */
+    int redis_db;               /* every binary uses this Redis db (flushed at start) */
+    const char *admin_email;    /* BOOTSTRAP_ADMIN_EMAIL / _PASSWORD for auth (NULL = none) */
+    const char *admin_password;
+    /* Extra "K=V" entries (NULL-terminated, may be NULL): for all four, then per binary (later
+     * entries win: they are put in the environment after the defaults). */
+    char *const *env_all;
+    char *const *env[TS_NSVC];
+    int ready_timeout_ms;       /* wait for the gateway's /ready 200 (default 30000) */
+} ts_stack_opts;
+
+typedef struct ts_stack {
+    char dir[128];              /* private temp dir: keys/ and stack.log */
+    char log[256];              /* every binary's output (appended) */
+    int port[TS_NSVC];          /* gRPC ports of the services, HTTP port of the gateway */
+    int metrics_port[TS_NSVC];  /* services' METRICS_ADDR (0 for the gateway: /metrics on port) */
+    char addr[TS_NSVC][32];     /* "127.0.0.1:<port>" */
+    int pid[TS_NSVC];           /* 0 when not running */
+    char envbuf[TS_NSVC][TS_STACK_MAX_ENV][512];
+    char *envp[TS_NSVC][TS_STACK_MAX_ENV + 1];
+} ts_stack;
+
+/* Starts the four binaries on free loopback ports against a fresh database and waits for the
+ * gateway's /ready; returns 0, or -1 (with a message on stderr; whatever started is stopped). */
+int ts_stack_start(ts_stack *s, const ts_stack_opts *o);
+/* (Re)starts one binary with the same ports and environment; waits until its port accepts
+ * connections (timeout_ms); returns 0 or -1. */
+int ts_stack_spawn(ts_stack *s, ts_svc which, int timeout_ms);
+/* Stops one binary with sig (SIGTERM: waits up to timeout_ms, then SIGKILL); returns its exit
+ * status as ts_stop does (0 = clean exit); -2 when it was not running. */
+int ts_stack_kill(ts_stack *s, ts_svc which, int sig, int timeout_ms);
+/* Stops everything still running (SIGTERM, 15 s each); returns the number that did not exit 0.
+ * Then removes the key dir; the log stays when keep_log (print its path). */
+int ts_stack_stop(ts_stack *s, int keep_log);
 
 #endif

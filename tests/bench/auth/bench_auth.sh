@@ -13,65 +13,35 @@
 #         auth_hash_loop auth_bench_prep
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-BUILD=$(cd "${1:-$root/build}" && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$root/tests/bench/lib.sh"
 SECS=${2:-5}
 MEM=${ARGON2_MEMORY_KIB:-19456}
 ITER=${ARGON2_ITERATIONS:-2}
 WORKERS=${HASH_WORKERS:-2}
 LOGIN_INFLIGHT=${LOGIN_INFLIGHT:-4}
 VALIDATE_PROBE_INFLIGHT=${VALIDATE_PROBE_INFLIGHT:-4}
-BIN=$BUILD/bin
-for b in rpc_load auth_hash_loop auth_bench_prep auth-service user-service permission-service; do
-  [ -x "$BIN/$b" ] || { echo "bench_auth: $BIN/$b not built" >&2; exit 1; }
-done
+bench_init auth "${1:-$root/build}" rpc_load auth_hash_loop auth_bench_prep auth-service \
+  user-service permission-service
+work=$BENCH_WORK
 
-export HARNESS_DIR=$BUILD/bench-auth-harness
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  "$root/tests/support/harness" stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$root/tests/support/harness" start >/dev/null
-# shellcheck disable=SC1091
-. "$HARNESS_DIR/env"
-psql() { command psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" "$@"; }
-psql -U postgres -d postgres -c "DROP DATABASE IF EXISTS bench_auth" -c "CREATE DATABASE bench_auth"
-psql -U postgres -d bench_auth -f "$root/deploy/postgres/init.sql" >/dev/null
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-db() { echo "host=127.0.0.1 port=$PGPORT dbname=bench_auth user=$1"; }
-redis_url="redis://127.0.0.1:$REDIS_PORT/38"
-
-uport=$(free_port); pport=$(free_port); aport=$(free_port)
-env LISTEN_ADDR=127.0.0.1:$uport METRICS_ADDR=127.0.0.1:$(free_port) LOG_LEVEL=warn \
-  DATABASE_URL="$(db user_svc)" REDIS_URL="$redis_url" PAGE_TOKEN_SECRET=bench \
-  "$BIN/user-service" >>"$work/user.log" 2>&1 &
-pids+=($!)
-env LISTEN_ADDR=127.0.0.1:$pport METRICS_ADDR=127.0.0.1:$(free_port) LOG_LEVEL=warn \
-  DATABASE_URL="$(db permission_svc)" REDIS_URL="$redis_url" \
-  "$BIN/permission-service" >>"$work/permission.log" 2>&1 &
-pids+=($!)
-env LISTEN_ADDR=127.0.0.1:$aport METRICS_ADDR=127.0.0.1:$(free_port) LOG_LEVEL=warn \
-  DATABASE_URL="$(db auth_svc)" REDIS_URL="$redis_url" \
-  USER_SERVICE_ADDR=127.0.0.1:$uport PERMISSION_SERVICE_ADDR=127.0.0.1:$pport \
+bench_service user user-service user_svc 38 PAGE_TOKEN_SECRET=bench
+uport=$BENCH_PORT
+bench_service permission permission-service permission_svc 38
+pport=$BENCH_PORT
+bench_service auth auth-service auth_svc 38 \
+  USER_SERVICE_ADDR="127.0.0.1:$uport" PERMISSION_SERVICE_ADDR="127.0.0.1:$pport" \
   JWT_KEYS_DIR="$work/keys" JWT_KEY_AUTOGENERATE=true \
   ARGON2_MEMORY_KIB="$MEM" ARGON2_ITERATIONS="$ITER" HASH_WORKERS="$WORKERS" HASH_QUEUE=64 \
-  HASH_NICE="${HASH_NICE:-5}" \
-  LOGIN_MAX_FAILURES=1000 RPC_THREADS="${AUTH_RPC_THREADS:-8}" \
-  "$BIN/auth-service" >>"$work/auth.log" 2>&1 &
-pids+=($!)
-wait_port "$uport"; wait_port "$pport"; wait_port "$aport"
+  HASH_NICE="${HASH_NICE:-5}" LOGIN_MAX_FAILURES=1000 RPC_THREADS="${AUTH_RPC_THREADS:-8}"
+aport=$BENCH_PORT
 "$BIN/auth_bench_prep" "127.0.0.1:$aport" bench@example.com "bench password 123" "$work"
 
 load() { # $1 method, $2 request file, $3 in flight, $4 seconds
   "$BIN/rpc_load" --target "127.0.0.1:$aport" --method "/auth.v1.AuthService/$1" \
     --request-file "$2" --inflight "$3" --duration "$4"
 }
-echo "# $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), build $BUILD"
+bench_header "AUTH_RPC_THREADS=${AUTH_RPC_THREADS:-8}"
 echo "== 1. argon2id verify ceiling, $WORKERS threads, m=$MEM KiB t=$ITER (${SECS}s)"
 "$BIN/auth_hash_loop" --threads "$WORKERS" --duration "$SECS" --memory-kib "$MEM" --iterations "$ITER"
 echo "== 2. Login, $LOGIN_INFLIGHT in flight (${SECS}s)"

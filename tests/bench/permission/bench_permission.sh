@@ -9,46 +9,17 @@
 #   env: ROUNDS (3), INFLIGHT (64), RPC_THREADS (2) of the services.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-BUILD=$(cd "${1:-$root/build}" && pwd)
-SECS=${2:-5}
-INFLIGHT=${INFLIGHT:-64}
-BIN=$BUILD/bin
-LOAD=$BIN/rpc_load
-[ -x "$LOAD" ] || { echo "bench_permission: $LOAD not built (cmake --build $BUILD --target rpc_load)" >&2; exit 1; }
-[ -x "$BIN/permission-service" ] || { echo "bench_permission: $BIN/permission-service not built" >&2; exit 1; }
+# shellcheck source=tests/bench/lib.sh
+. "$root/tests/bench/lib.sh"
+export SECS=${2:-5} INFLIGHT=${INFLIGHT:-64} # read by bench_load
+bench_init permission "${1:-$root/build}" rpc_load permission-service
 
-export HARNESS_DIR=$BUILD/bench-permission-harness
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  "$root/tests/support/harness" stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$root/tests/support/harness" start >/dev/null
-# shellcheck disable=SC1091
-. "$HARNESS_DIR/env"
-psql() { command psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" "$@"; }
-psql -U postgres -d postgres -c "DROP DATABASE IF EXISTS bench_permission" -c "CREATE DATABASE bench_permission"
-psql -U postgres -d bench_permission -f "$root/deploy/postgres/init.sql" >/dev/null
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# start_perm CACHE_SIZE: starts a replica and sets $port. Not called in $(...): the pid must be
-# recorded in this shell for cleanup.
-start_perm() {
-  local mport
-  port=$(free_port); mport=$(free_port)
-  env LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport LOG_LEVEL=warn \
-    DATABASE_URL="host=127.0.0.1 port=$PGPORT dbname=bench_permission user=permission_svc" \
-    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/20" PERMISSION_CACHE_SIZE="$1" \
-    RPC_THREADS="${RPC_THREADS:-2}" \
-    "$BIN/permission-service" >>"$work/perm-$1.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-}
-start_perm 65536; hit_port=$port
-start_perm 0; miss_port=$port
+# Two replicas: in-process cache on (the normal path) and off (every Check queries PostgreSQL).
+for size in 65536 0; do
+  bench_service "perm-$size" permission-service permission_svc 20 PERMISSION_CACHE_SIZE="$size" \
+    RPC_THREADS="${RPC_THREADS:-2}"
+  [ "$size" = 0 ] && miss_port=$BENCH_PORT || hit_port=$BENCH_PORT
+done
 
 # The data (after the service applied its migrations): r1 20 perms, r2 inherits r1 + 15,
 # r3 inherits r2 + 15; the user holds r3, so 3 effective roles and 50 permissions.
@@ -62,8 +33,8 @@ uid=6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab
   done
   echo "INSERT INTO role_parents VALUES ('bench-r2', 'bench-r1', 1), ('bench-r3', 'bench-r2', 1);"
   echo "INSERT INTO user_roles (user_id, role) VALUES ('$uid', 'bench-r3');"
-} | psql -U permission_svc -d bench_permission >/dev/null
-count=$(psql -U permission_svc -d bench_permission -At -c "SET search_path = permissions;
+} | bench_psql -U permission_svc -d "$BENCH_DB" >/dev/null
+count=$(bench_psql -U permission_svc -d "$BENCH_DB" -At -c "SET search_path = permissions;
   SELECT count(*) FROM (SELECT unnest(permissions) FROM roles WHERE name LIKE 'bench-r%') p")
 [ "$count" = 50 ] || { echo "bench_permission: seeded $count permissions, expected 50" >&2; exit 1; }
 
@@ -71,21 +42,14 @@ count=$(psql -U permission_svc -d bench_permission -At -c "SET search_path = per
 # length-delimited. The permission is the last of the user's sorted effective set (granted by the
 # assigned role r3): the match scans all 50 entries, the worst case for an allowed answer.
 perm="res3-9:act9"
-printf '\x0a\x24%s\x12'"$(printf '\\x%02x' ${#perm})"'%s' "$uid" "$perm" >"$work/check.bin"
+printf '\x0a\x24%s\x12'"$(printf '\\x%02x' ${#perm})"'%s' "$uid" "$perm" >"$BENCH_WORK/check.bin"
 
-load() { # $1 port, $2 method, $3 request file or ""
-  local req=()
-  [ -n "$3" ] && req=(--request-file "$3")
-  echo "== $2 @127.0.0.1:$1 ($INFLIGHT in flight, ${SECS}s)"
-  "$LOAD" --target "127.0.0.1:$1" --method "$2" "${req[@]}" --inflight "$INFLIGHT" \
-    --duration "$SECS"
-}
-echo "# $(date -u +%FT%TZ) $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), build $BUILD, RPC_THREADS=${RPC_THREADS:-2}"
+bench_header "RPC_THREADS=${RPC_THREADS:-2}"
 # Rounds alternate Health / Check (cached) so both see the same machine load on average; the
 # uncached Check runs once at the end.
 for r in $(seq 1 "${ROUNDS:-3}"); do
   echo "# round $r"
-  load "$hit_port" /grpc.health.v1.Health/Check ""
-  load "$hit_port" /permission.v1.PermissionService/Check "$work/check.bin"
+  bench_load "$hit_port" /grpc.health.v1.Health/Check
+  bench_load "$hit_port" /permission.v1.PermissionService/Check "$BENCH_WORK/check.bin"
 done
-load "$miss_port" /permission.v1.PermissionService/Check "$work/check.bin"
+bench_load "$miss_port" /permission.v1.PermissionService/Check "$BENCH_WORK/check.bin"

@@ -4,61 +4,29 @@
 # cache disabled (USER_CACHE_TTL_SEC=0: every call reads PostgreSQL, i.e. the miss path).
 # Starts its own harness (private PostgreSQL + Redis) and two user-service processes; stops them all.
 # Usage: tests/bench/user/bench_user.sh [build-dir] [seconds]    (default build dir: build, 5 s)
+#   env: INFLIGHT (64), RPC_THREADS (2) of the services.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-BUILD=$(cd "${1:-$root/build}" && pwd)
-SECS=${2:-5}
-INFLIGHT=${INFLIGHT:-64}
-BIN=$BUILD/bin
-LOAD=$BIN/rpc_load
-[ -x "$LOAD" ] || { echo "bench_user: $LOAD not built (cmake --build $BUILD --target rpc_load)" >&2; exit 1; }
-[ -x "$BIN/user-service" ] || { echo "bench_user: $BIN/user-service not built" >&2; exit 1; }
+# shellcheck source=tests/bench/lib.sh
+. "$root/tests/bench/lib.sh"
+export SECS=${2:-5} INFLIGHT=${INFLIGHT:-64} # read by bench_load
+bench_init user "${1:-$root/build}" rpc_load user-service
 
-export HARNESS_DIR=$BUILD/bench-user-harness
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  "$root/tests/support/harness" stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$root/tests/support/harness" start >/dev/null
-# shellcheck disable=SC1091
-. "$HARNESS_DIR/env"
-psql() { command psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" "$@"; }
-psql -U postgres -d postgres -c "DROP DATABASE IF EXISTS bench_user" -c "CREATE DATABASE bench_user"
-psql -U postgres -d bench_user -f "$root/deploy/postgres/init.sql" >/dev/null
+# Two replicas: cache on (hit path) and off (miss path).
+bench_service user-ttl300 user-service user_svc 10 USER_CACHE_TTL_SEC=300 PAGE_TOKEN_SECRET=bench \
+  RPC_THREADS="${RPC_THREADS:-2}"
+hit_port=$BENCH_PORT
+bench_service user-ttl0 user-service user_svc 10 USER_CACHE_TTL_SEC=0 PAGE_TOKEN_SECRET=bench \
+  RPC_THREADS="${RPC_THREADS:-2}"
+miss_port=$BENCH_PORT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_user() { # $1 = cache ttl; prints the port
-  local port mport
-  port=$(free_port); mport=$(free_port)
-  env LISTEN_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$mport LOG_LEVEL=warn \
-    DATABASE_URL="host=127.0.0.1 port=$PGPORT dbname=bench_user user=user_svc" \
-    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/10" USER_CACHE_TTL_SEC="$1" \
-    PAGE_TOKEN_SECRET=bench RPC_THREADS="${RPC_THREADS:-2}" \
-    "$BIN/user-service" >>"$work/user-$1.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  echo "$port"
-}
-hit_port=$(start_user 300)
-miss_port=$(start_user 0)
-
-# One user to read; GetUserRequest{id} encoded by hand (field 1, length-delimited, 36 bytes).
-id=$(psql -U user_svc -d bench_user -At -c \
+# One user to read (after the service applied its migrations); GetUserRequest{id} encoded by hand
+# (field 1, length-delimited, 36 bytes).
+id=$(bench_psql -U user_svc -d "$BENCH_DB" -At -c \
   "INSERT INTO users.users (email, display_name) VALUES ('bench@example.com', 'Bench') RETURNING id")
-printf '\x0a\x24%s' "$id" >"$work/get_user.bin"
+printf '\x0a\x24%s' "$id" >"$BENCH_WORK/get_user.bin"
 
-load() { # $1 port, $2 method, $3 request file or ""
-  local req=()
-  [ -n "$3" ] && req=(--request "$3")
-  echo "== $2 @127.0.0.1:$1 ($INFLIGHT in flight, ${SECS}s)"
-  "$LOAD" --target "127.0.0.1:$1" --method "$2" "${req[@]}" --concurrency "$INFLIGHT" \
-    --duration "$SECS"
-}
-echo "# $(date -u +%FT%TZ) $(nproc) cores, build $BUILD"
-load "$hit_port" /grpc.health.v1.Health/Check ""
-load "$hit_port" /user.v1.UserService/GetUser "$work/get_user.bin"
-load "$miss_port" /user.v1.UserService/GetUser "$work/get_user.bin"
+bench_header "RPC_THREADS=${RPC_THREADS:-2}"
+bench_load "$hit_port" /grpc.health.v1.Health/Check
+bench_load "$hit_port" /user.v1.UserService/GetUser "$BENCH_WORK/get_user.bin"
+bench_load "$miss_port" /user.v1.UserService/GetUser "$BENCH_WORK/get_user.bin"

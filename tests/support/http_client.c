@@ -1,4 +1,4 @@
-/* http_client: one request per connection, read to EOF, split headers and body (Content-Length or
+/* http_client (tests): one request per connection, read to EOF, split headers and body (Content-Length or
  * chunked is not needed: the gateway always sends Content-Length). */
 #include "http_client.h"
 
@@ -21,7 +21,11 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void http_raw(int port, const char *raw, size_t len, int timeout_ms, http_resp *out)
+/* Sends raw, then reads to EOF. half_close: shutdown(SHUT_WR) after sending (malformed requests
+ * must not leave the server waiting for more bytes); well-formed requests keep the write side open
+ * like real clients do (libmicrohttpd may drop a suspended request whose client half-closed). */
+static void raw_io(int port, const char *raw, size_t len, int timeout_ms, int half_close,
+                   http_resp *out)
 {
     memset(out, 0, sizeof *out);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -43,7 +47,10 @@ void http_raw(int port, const char *raw, size_t len, int timeout_ms, http_resp *
             break; /* the server may answer early (413) and close */
         off += (size_t)n;
     }
-    shutdown(fd, SHUT_WR);
+    if (off == len)
+        out->sent_ms = now_ms();
+    if (half_close)
+        shutdown(fd, SHUT_WR);
     size_t cap = 65536, got = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -69,6 +76,7 @@ void http_raw(int port, const char *raw, size_t len, int timeout_ms, http_resp *
     char *sep = strstr(buf, "\r\n\r\n");
     if (!sep || sscanf(buf, "HTTP/1.1 %d", &out->status) != 1) {
         out->status = 0;
+        out->headers = NULL;
         free(buf);
         return;
     }
@@ -81,6 +89,11 @@ void http_raw(int port, const char *raw, size_t len, int timeout_ms, http_resp *
     memcpy(out->body, sep + 4, out->body_len);
     out->body[out->body_len] = 0;
     free(buf);
+}
+
+void http_raw(int port, const char *raw, size_t len, int timeout_ms, http_resp *out)
+{
+    raw_io(port, raw, len, timeout_ms, 1, out);
 }
 
 void http_do(int port, const char *method, const char *path, const char *extra, const char *body,
@@ -99,7 +112,7 @@ void http_do(int port, const char *method, const char *path, const char *extra, 
         memcpy(req + n, body, body_len);
         n += (int)body_len;
     }
-    http_raw(port, req, (size_t)n, timeout_ms, out);
+    raw_io(port, req, (size_t)n, timeout_ms, 0, out);
     free(req);
 }
 
