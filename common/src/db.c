@@ -352,6 +352,10 @@ err_code db_acquire(db_pool *p, int64_t deadline_ms, db_conn **out, err_info *e)
             p->timeouts++;
             p->wait_us_total += (uint64_t)(now - start);
             pthread_mutex_unlock(&p->mu);
+            /* A retry hint (RetryInfo, HTTP Retry-After) also tells rpc_client not to retry at
+             * once: retrying into a saturated pool would multiply its load. */
+            if (e)
+                e->retry_after_s = 1;
             return err_set(e, ERR_UNAVAILABLE, "db pool exhausted (waited %" PRId64 " ms)",
                            (now - start) / 1000);
         }

@@ -130,7 +130,8 @@ static void test_pool_exhausted(void)
     }
     CU_ASSERT_EQUAL(blocked, 1);
     /* Concurrent callers: CALLERS measuring the service alone (no client retry, breaker
-     * bypassed), one through the client's default policy (idempotent read: retried). */
+     * bypassed), one through the client's default policy: GetUser is an idempotent read, but the
+     * pool's answer carries a retry hint, so the client must not retry into the saturated pool. */
     caller c[CALLERS + 1];
     memset(c, 0, sizeof c);
     for (int i = 0; i <= CALLERS; i++) {
@@ -158,7 +159,9 @@ static void test_pool_exhausted(void)
     for (int i = 0; i <= CALLERS; i++) {
         CU_ASSERT_EQUAL(c[i].rc, ERR_UNAVAILABLE);
         CU_ASSERT(c[i].ms >= WAIT_MS - 50 && c[i].ms <= 1500);
+        CU_ASSERT(c[i].e.retry_after_s >= 1); /* RetryInfo, i.e. HTTP Retry-After */
     }
+    CU_ASSERT(c[CALLERS].ms < 2 * WAIT_MS); /* not retried: one wait, not three */
     CU_ASSERT(t_callers < LOCK_MS); /* they did not wait for the lock */
     CU_ASSERT_EQUAL(waiting, 1);
     CU_ASSERT(timeouts1 - timeouts0 >= CALLERS);
