@@ -14,7 +14,7 @@ int main(int argc, char **argv)
         .default_listen = "0.0.0.0:50051",
         .default_metrics = "0.0.0.0:9091",
         .default_database_url = "host=127.0.0.1 port=5432 dbname=identity user=auth_svc",
-        .default_rpc_threads = "8",
+        .default_rpc_threads = "72", /* > HASH_WORKERS + HASH_QUEUE: the queue bounds hashing */
         .calls_peers = true,
         .migrations = auth_migrations,
         .nmigrations = auth_nmigrations,

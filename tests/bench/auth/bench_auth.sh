@@ -33,7 +33,7 @@ bench_service auth auth-service auth_svc 38 \
   USER_SERVICE_ADDR="127.0.0.1:$uport" PERMISSION_SERVICE_ADDR="127.0.0.1:$pport" \
   JWT_KEYS_DIR="$work/keys" JWT_KEY_AUTOGENERATE=true \
   ARGON2_MEMORY_KIB="$MEM" ARGON2_ITERATIONS="$ITER" HASH_WORKERS="$WORKERS" HASH_QUEUE=64 \
-  HASH_NICE="${HASH_NICE:-5}" LOGIN_MAX_FAILURES=1000 RPC_THREADS="${AUTH_RPC_THREADS:-8}"
+  HASH_NICE="${HASH_NICE:-5}" LOGIN_MAX_FAILURES=1000 RPC_THREADS="${AUTH_RPC_THREADS:-72}"
 aport=$BENCH_PORT
 "$BIN/auth_bench_prep" "127.0.0.1:$aport" bench@example.com "bench password 123" "$work"
 
@@ -41,7 +41,7 @@ load() { # $1 method, $2 request file, $3 in flight, $4 seconds
   "$BIN/rpc_load" --target "127.0.0.1:$aport" --method "/auth.v1.AuthService/$1" \
     --request-file "$2" --inflight "$3" --duration "$4"
 }
-bench_header "AUTH_RPC_THREADS=${AUTH_RPC_THREADS:-8}"
+bench_header "AUTH_RPC_THREADS=${AUTH_RPC_THREADS:-72}"
 echo "== 1. argon2id verify ceiling, $WORKERS threads, m=$MEM KiB t=$ITER (${SECS}s)"
 "$BIN/auth_hash_loop" --threads "$WORKERS" --duration "$SECS" --memory-kib "$MEM" --iterations "$ITER"
 echo "== 2. Login, $LOGIN_INFLIGHT in flight (${SECS}s)"
