@@ -29,7 +29,10 @@ static void put_str(buf *b, const char *s)
     put(b, log_json_str(tmp, sizeof tmp, s ? s : ""));
 }
 
-int errors_http_status(err_code code) { return err_to_http(code); }
+int errors_http_status(err_code code)
+{
+    return err_to_http(code);
+}
 
 char *errors_body(arena *a, const err_info *e, const char *request_id, size_t *len)
 {
@@ -56,8 +59,9 @@ char *errors_body(arena *a, const err_info *e, const char *request_id, size_t *l
         first = false;
     }
     if (e->retry_after_s > 0) {
-        snprintf(num, sizeof num, "%s{\"@type\":\"type.googleapis.com/google.rpc.RetryInfo\","
-                                  "\"retry_delay\":\"%ds\"}",
+        snprintf(num, sizeof num,
+                 "%s{\"@type\":\"type.googleapis.com/google.rpc.RetryInfo\","
+                 "\"retry_delay\":\"%ds\"}",
                  first ? "" : ",", e->retry_after_s);
         put(&b, num);
     }

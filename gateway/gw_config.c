@@ -7,16 +7,21 @@
 #define O(f) offsetof(gw_config, f)
 
 static const config_opt TABLE[] = {
-    {"LISTEN_ADDR", CONFIG_STR, O(listen_addr), "0.0.0.0:8080", 0, 0, "HTTP listen address host:port"},
-    {"AUTH_SERVICE_ADDR", CONFIG_STR, O(auth_addr), "127.0.0.1:50051", 0, 0, "auth service gRPC address"},
-    {"USER_SERVICE_ADDR", CONFIG_STR, O(user_addr), "127.0.0.1:50052", 0, 0, "user service gRPC address"},
+    {"LISTEN_ADDR", CONFIG_STR, O(listen_addr), "0.0.0.0:8080", 0, 0,
+     "HTTP listen address host:port"},
+    {"AUTH_SERVICE_ADDR", CONFIG_STR, O(auth_addr), "127.0.0.1:50051", 0, 0,
+     "auth service gRPC address"},
+    {"USER_SERVICE_ADDR", CONFIG_STR, O(user_addr), "127.0.0.1:50052", 0, 0,
+     "user service gRPC address"},
     {"PERMISSION_SERVICE_ADDR", CONFIG_STR, O(permission_addr), "127.0.0.1:50053", 0, 0,
      "permission service gRPC address"},
     {"REDIS_URL", CONFIG_SECRET, O(redis_url), "redis://127.0.0.1:6379/0", 0, 0,
      "Redis for revocation checks and rate limits"},
-    {"REDIS_TIMEOUT_MS", CONFIG_INT, O(redis_timeout_ms), "1000", 1, 60000, "Redis connect/command timeout"},
+    {"REDIS_TIMEOUT_MS", CONFIG_INT, O(redis_timeout_ms), "1000", 1, 60000,
+     "Redis connect/command timeout"},
     {"JWT_ISSUER", CONFIG_STR, O(jwt_issuer), "identity", 0, 0, "required iss of access tokens"},
-    {"JWT_AUDIENCE", CONFIG_STR, O(jwt_audience), "identity-api", 0, 0, "required aud of access tokens"},
+    {"JWT_AUDIENCE", CONFIG_STR, O(jwt_audience), "identity-api", 0, 0,
+     "required aud of access tokens"},
     {"JWT_LEEWAY_SEC", CONFIG_INT, O(jwt_leeway_sec), "30", 0, 600, "clock leeway for exp/nbf"},
     {"JWKS_REFRESH_SEC", CONFIG_INT, O(jwks_refresh_sec), "300", 5, 86400,
      "period of the JWKS refresh from auth (also refreshed on an unknown kid)"},
@@ -30,9 +35,12 @@ static const config_opt TABLE[] = {
      "signed-in requests per minute per user (0 = off)"},
     {"REQUEST_TIMEOUT_MS", CONFIG_INT, O(request_timeout_ms), "5000", 10, 600000,
      "deadline of a request (→ 504), passed to every gRPC call"},
-    {"MAX_BODY_BYTES", CONFIG_INT, O(max_body_bytes), "1048576", 1, 1073741824, "request body limit (→ 413)"},
-    {"MAX_HEADER_BYTES", CONFIG_INT, O(max_header_bytes), "16384", 1024, 49152, "request header limit (→ 431)"},
-    {"IDLE_TIMEOUT_SEC", CONFIG_INT, O(idle_timeout_sec), "30", 1, 3600, "keep-alive connection idle limit"},
+    {"MAX_BODY_BYTES", CONFIG_INT, O(max_body_bytes), "1048576", 1, 1073741824,
+     "request body limit (→ 413)"},
+    {"MAX_HEADER_BYTES", CONFIG_INT, O(max_header_bytes), "16384", 1024, 49152,
+     "request header limit (→ 431)"},
+    {"IDLE_TIMEOUT_SEC", CONFIG_INT, O(idle_timeout_sec), "30", 1, 3600,
+     "keep-alive connection idle limit"},
     {"HEADER_TIMEOUT_SEC", CONFIG_INT, O(header_timeout_sec), "10", 1, 3600,
      "a new connection must deliver its first request's headers within this time"},
     {"COOKIE_SECURE", CONFIG_BOOL, O(cookie_secure), "true", 0, 0,
@@ -58,4 +66,7 @@ err_code gw_config_load(gw_config *c, err_info *e)
     return config_load(TABLE, sizeof TABLE / sizeof TABLE[0], c, e);
 }
 
-void gw_config_free(gw_config *c) { config_free(TABLE, sizeof TABLE / sizeof TABLE[0], c); }
+void gw_config_free(gw_config *c)
+{
+    config_free(TABLE, sizeof TABLE / sizeof TABLE[0], c);
+}

@@ -63,7 +63,7 @@ typedef struct req {
     arena *a;
     pthread_mutex_t mu;
     atomic_int refs;
-    bool completed;      /* MHD is done with the connection: never resume it */
+    bool completed; /* MHD is done with the connection: never resume it */
     int64_t start_ms, deadline_ms;
     char request_id[129];
     char trace_id[33], span_id[17], traceparent[56];
@@ -144,8 +144,8 @@ static void add_common_headers(req *q, struct MHD_Response *r)
     }
 }
 
-static enum MHD_Result send_raw(req *q, int status, const char *body, size_t len,
-                                const char *ctype, struct MHD_Response **keep)
+static enum MHD_Result send_raw(req *q, int status, const char *body, size_t len, const char *ctype,
+                                struct MHD_Response **keep)
 {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -433,8 +433,8 @@ static enum MHD_Result process(req *q)
     if (q->rl_set) {
         if (!q->rl.allowed) {
             const char *lv[] = {r->limit == LIMIT_AUTH && !q->authed ? "auth"
-                                : q->authed                         ? "user"
-                                                                    : "anon"};
+                                : q->authed                          ? "user"
+                                                                     : "anon"};
             metrics_inc(q->s->m_rl, lv);
             err_info e;
             err_clear(&e);
@@ -611,8 +611,9 @@ static enum MHD_Result finish_ready(req *q)
     n += (size_t)snprintf(body + n, sizeof body - n, "{\"checks\":{");
     for (int i = 0; i < READY_CHECKS; i++) {
         const Grpc__Health__V1__HealthCheckResponse *hr = (const void *)q->ready_resp[i];
-        bool serving = q->ready_rc[i] == ERR_OK && hr &&
-                       hr->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        bool serving =
+            q->ready_rc[i] == ERR_OK && hr &&
+            hr->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
         ok = ok && serving;
         n += (size_t)snprintf(body + n, sizeof body - n, "\"%s\":\"%s\",",
                               upstream_name((routes_svc)i), serving ? "SERVING" : "NOT_SERVING");
@@ -635,10 +636,10 @@ static enum MHD_Result finish_ready(req *q)
                           redis_ok ? "SERVING" : "NOT_SERVING", keys ? "SERVING" : "NOT_SERVING");
     /* Informational: an open circuit already shows as NOT_SERVING (its check was refused). */
     for (int i = 0; i < READY_CHECKS; i++)
-        n += (size_t)snprintf(body + n, sizeof body - n, "%s\"%s\":\"%s\"", i ? "," : "",
-                              upstream_name((routes_svc)i),
-                              breaker_state_name(breaker_state_get(
-                                  upstream_breaker(q->s->d.up, (routes_svc)i))));
+        n += (size_t)snprintf(
+            body + n, sizeof body - n, "%s\"%s\":\"%s\"", i ? "," : "",
+            upstream_name((routes_svc)i),
+            breaker_state_name(breaker_state_get(upstream_breaker(q->s->d.up, (routes_svc)i))));
     n += (size_t)snprintf(body + n, sizeof body - n, "},\"status\":\"%s\"}",
                           ok ? "SERVING" : "NOT_SERVING");
     return send_json(q, ok ? 200 : 503, body, n);
@@ -659,7 +660,8 @@ static enum MHD_Result serve_local(req *q)
             return send_code(q, ERR_NOT_FOUND, 404, "metrics are served on METRICS_ADDR");
         size_t len = 0;
         char *text = metrics_render(q->s->d.metrics, &len);
-        enum MHD_Result x = send_raw(q, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL);
+        enum MHD_Result x =
+            send_raw(q, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL);
         free(text);
         return x;
     }
@@ -683,14 +685,16 @@ static enum MHD_Result sum_headers(void *cls, enum MHD_ValueKind kind, const cha
 
 static const char *method_label(const char *m)
 {
-    static const char *const K[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", NULL};
+    static const char *const K[] = {"GET",    "POST", "PUT",     "PATCH",
+                                    "DELETE", "HEAD", "OPTIONS", NULL};
     for (int i = 0; K[i]; i++)
         if (strcmp(K[i], m) == 0)
             return K[i];
     return "OTHER";
 }
 
-static req *req_new(http_server *s, struct MHD_Connection *conn, const char *url, const char *method)
+static req *req_new(http_server *s, struct MHD_Connection *conn, const char *url,
+                    const char *method)
 {
     req *q = xcalloc(1, sizeof *q);
     q->s = s;
@@ -753,8 +757,9 @@ static enum MHD_Result on_headers(req *q, const char *method)
         MHD_add_response_header(r, "Allow", allow);
         if (q->origin) {
             MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
-            MHD_add_response_header(r, "Access-Control-Allow-Headers",
-                                    "Authorization, Content-Type, X-Request-Id, If-Match, traceparent");
+            MHD_add_response_header(
+                r, "Access-Control-Allow-Headers",
+                "Authorization, Content-Type, X-Request-Id, If-Match, traceparent");
             MHD_add_response_header(r, "Access-Control-Max-Age", "600");
         }
         return finish(q, 204, r);
@@ -762,8 +767,8 @@ static enum MHD_Result on_headers(req *q, const char *method)
     if (!q->m.route) {
         /* Without a body the answer waits for the final call, so the connection stays alive
          * (a response queued before the body is read makes MHD close the connection). */
-        const char *clen = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
-                                                       MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *clen =
+            MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         bool no_body = !MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
                                                     MHD_HTTP_HEADER_TRANSFER_ENCODING) &&
                        (!clen || strcmp(clen, "0") == 0);
@@ -773,8 +778,8 @@ static enum MHD_Result on_headers(req *q, const char *method)
         }
         return send_no_route(q);
     }
-    const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl =
+        MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end = NULL;
         unsigned long long v = strtoull(cl, &end, 10);
@@ -924,11 +929,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     metrics_observe(s->m_duration, lv, dur);
     if (log_min_level <= LOG_INFO) {
         char kv[1024], p[600], ip[100];
-        snprintf(kv, sizeof kv,
-                 "\"method\":\"%s\",\"route\":\"%s\",\"path\":%s,\"status\":%d,\"duration_ms\":%.3f,"
-                 "\"client_ip\":%s,\"user_id\":\"%s\"",
-                 q->method, route, log_json_str(p, sizeof p, q->path), status, dur * 1000.0,
-                 log_json_str(ip, sizeof ip, q->client_ip), q->authed ? q->claims.sub : "");
+        snprintf(
+            kv, sizeof kv,
+            "\"method\":\"%s\",\"route\":\"%s\",\"path\":%s,\"status\":%d,\"duration_ms\":%.3f,"
+            "\"client_ip\":%s,\"user_id\":\"%s\"",
+            q->method, route, log_json_str(p, sizeof p, q->path), status, dur * 1000.0,
+            log_json_str(ip, sizeof ip, q->client_ip), q->authed ? q->claims.sub : "");
         log_ctx lc = {q->request_id, q->trace_id, q->span_id};
         log_info_kv(&lc, kv, "request");
     }
@@ -974,22 +980,20 @@ http_server *http_server_start(const http_deps *d, err_info *e)
     s->ct_head.next = s->ct_head.prev = &s->ct_head;
     s->openapi = openapi_build(&s->openapi_len);
     static const char *const labels[] = {"method", "route", "status_code", NULL};
-    s->m_total = metrics_family_new(d->metrics, METRICS_COUNTER, "http_requests_total",
-                                    "HTTP requests by method, route template and status",
-                                    labels, NULL, 0);
-    s->m_duration = metrics_family_new(d->metrics, METRICS_HISTOGRAM,
-                                       "http_request_duration_seconds",
-                                       "HTTP request duration by method, route template and status",
-                                       labels, NULL, 0);
+    s->m_total =
+        metrics_family_new(d->metrics, METRICS_COUNTER, "http_requests_total",
+                           "HTTP requests by method, route template and status", labels, NULL, 0);
+    s->m_duration = metrics_family_new(
+        d->metrics, METRICS_HISTOGRAM, "http_request_duration_seconds",
+        "HTTP request duration by method, route template and status", labels, NULL, 0);
     static const char *const rl_labels[] = {"limiter", NULL};
     s->m_rl = metrics_family_new(d->metrics, METRICS_COUNTER, "rate_limit_rejections_total",
                                  "requests refused by the rate limiter", rl_labels, NULL, 0);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)d->cfg->http_threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)d->cfg->idle_timeout_sec,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)d->cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)d->cfg->idle_timeout_sec, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
         /* Room for headers somewhat past our limit, so we answer 431 ourselves with a JSON body;
          * not more: MHD zeroes this pool between requests (80 KiB cost ~20% of /health). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(d->cfg->max_header_bytes + 8192),
@@ -1009,7 +1013,10 @@ http_server *http_server_start(const http_deps *d, err_info *e)
     return s;
 }
 
-int http_server_port(const http_server *s) { return s->port; }
+int http_server_port(const http_server *s)
+{
+    return s->port;
+}
 
 void http_server_drain(http_server *s)
 {

@@ -17,7 +17,7 @@ typedef struct http_deps {
     authn *an;
     ratelimit *rl;
     upstream *up;
-    cache *redis;           /* for /ready's PING; may be NULL */
+    cache *redis; /* for /ready's PING; may be NULL */
     metrics_registry *metrics;
 } http_deps;
 

@@ -13,7 +13,10 @@
 static __thread uint64_t rng_s[4];
 static __thread bool rng_seeded;
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t rng_next(void)
 {

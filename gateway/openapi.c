@@ -145,8 +145,8 @@ static void openapi_path(const char *t, char *out, size_t len, json_t *params)
             if (colon && strncmp(colon + 1, "user", 4) == 0)
                 json_object_set_new(schema, "description",
                                     json_string("user id (UUID) or `me` for the caller"));
-            json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:o}", "name", name, "in",
-                                                    "path", "required", 1, "schema", schema));
+            json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:o}", "name", name, "in", "path",
+                                                    "required", 1, "schema", schema));
             t = end + 1;
         } else {
             out[n++] = *t++;
@@ -166,12 +166,12 @@ static void error_responses(json_t *responses, const routes_route *r)
 char *openapi_build(size_t *len)
 {
     json_t *schemas = json_object();
-    json_object_set_new(
-        schemas, "Error",
-        json_pack("{s:s,s:{s:{s:s,s:s},s:{s:s},s:{s:s},s:{s:s,s:{s:s}},s:{s:s}}}", "type", "object",
-                  "properties", "code", "type", "integer", "format", "int32", "status", "type",
-                  "string", "message", "type", "string", "details", "type", "array", "items",
-                  "type", "object", "request_id", "type", "string"));
+    json_object_set_new(schemas, "Error",
+                        json_pack("{s:s,s:{s:{s:s,s:s},s:{s:s},s:{s:s},s:{s:s,s:{s:s}},s:{s:s}}}",
+                                  "type", "object", "properties", "code", "type", "integer",
+                                  "format", "int32", "status", "type", "string", "message", "type",
+                                  "string", "details", "type", "array", "items", "type", "object",
+                                  "request_id", "type", "string"));
     json_t *paths = json_object();
     size_t n;
     const routes_route *rt = routes_table(&n);
@@ -187,8 +187,10 @@ char *openapi_build(size_t *len)
         }
         json_t *op = json_object();
         json_object_set_new(op, "operationId", json_string(r->op));
-        const char *tag = r->svc == SVC_AUTH ? "auth" : r->svc == SVC_USER ? "users"
-                          : r->svc == SVC_PERMISSION ? "permissions" : "operations";
+        const char *tag = r->svc == SVC_AUTH         ? "auth"
+                          : r->svc == SVC_USER       ? "users"
+                          : r->svc == SVC_PERMISSION ? "permissions"
+                                                     : "operations";
         json_object_set_new(op, "tags", json_pack("[s]", tag));
         char summary[256];
         if (r->rpc)
@@ -209,8 +211,8 @@ char *openapi_build(size_t *len)
                 json_t *fs = field_schema(schemas, fd);
                 json_object_update(sch, fs);
                 json_decref(fs);
-                json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:o}", "name", fd->name,
-                                                        "in", "query", "required", 0, "schema", sch));
+                json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:o}", "name", fd->name, "in",
+                                                        "query", "required", 0, "schema", sch));
             }
         }
         if (json_array_size(params))
@@ -262,8 +264,8 @@ char *openapi_build(size_t *len)
         json_object_set_new(item, m, op);
     }
     json_t *doc = json_pack(
-        "{s:s,s:{s:s,s:s,s:s},s:o,s:{s:o,s:{s:{s:s,s:s,s:s}}}}", "openapi", "3.0.3", "info", "title",
-        "identity gateway", "version", "1.0.0", "description",
+        "{s:s,s:{s:s,s:s,s:s},s:o,s:{s:o,s:{s:{s:s,s:s,s:s}}}}", "openapi", "3.0.3", "info",
+        "title", "identity gateway", "version", "1.0.0", "description",
         "HTTP/JSON API of the identity backend (auth, users, permissions). JSON names are proto "
         "field names; input also accepts lowerCamelCase.",
         "paths", paths, "components", "schemas", schemas, "securitySchemes", "bearerAuth", "type",

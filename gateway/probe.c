@@ -85,7 +85,8 @@ int probe_http_get(const char *host, int port, const char *path, int timeout_ms,
         int soerr = 0;
         socklen_t sl = sizeof soerr;
         if (w <= 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr) {
-            snprintf(msg, msglen, "connect: %s", w == 0 ? "timed out" : strerror(soerr ? soerr : errno));
+            snprintf(msg, msglen, "connect: %s",
+                     w == 0 ? "timed out" : strerror(soerr ? soerr : errno));
             goto out;
         }
     }

@@ -1,5 +1,5 @@
-/* probe: `gateway --health-check`, a tiny HTTP GET of /health on the gateway's own port for Docker's
- * HEALTHCHECK (the runtime image has no curl). */
+/* probe: `gateway --health-check`, a tiny HTTP GET of /health on the gateway's own port for
+ * Docker's HEALTHCHECK (the runtime image has no curl). */
 #ifndef GATEWAY_PROBE_H
 #define GATEWAY_PROBE_H
 

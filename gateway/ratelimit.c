@@ -26,7 +26,8 @@ const char RATELIMIT_LUA[] =
     "  return {0, 0, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000)}\n"
     "end\n"
     "redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))\n"
-    "return {1, math.floor((now + T * burst - new_tat) / T), math.ceil((new_tat - now) / 1000), 0}\n";
+    "return {1, math.floor((now + T * burst - new_tat) / T), math.ceil((new_tat - now) / 1000), "
+    "0}\n";
 
 void ratelimit_gcra(double *tat, double now, int limit, rl_result *out)
 {

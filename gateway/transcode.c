@@ -16,7 +16,7 @@ static ProtobufCMessage *new_msg(arena *a, const ProtobufCMessageDescriptor *d)
 
 /* Field of m at a dotted path: the containing message and the descriptor of the last part. */
 static const ProtobufCFieldDescriptor *resolve(const ProtobufCMessage *m, const char *path,
-                                                const ProtobufCMessage **holder)
+                                               const ProtobufCMessage **holder)
 {
     char part[64];
     const char *p = path;
@@ -76,8 +76,8 @@ bool transcode_mask_has(const ProtobufCMessage *m, const char *path)
 /* Fields a client never updates through a mask (identity, concurrency token, output only). */
 static bool mask_excluded(const char *f)
 {
-    static const char *const X[] = {"id", "name", "etag", "create_time", "update_time",
-                                    "delete_time", "builtin", NULL};
+    static const char *const X[] = {"id",          "name",        "etag",    "create_time",
+                                    "update_time", "delete_time", "builtin", NULL};
     for (int i = 0; X[i]; i++)
         if (strcmp(X[i], f) == 0)
             return true;
@@ -94,11 +94,10 @@ static err_code infer_mask(ProtobufCMessage *m, const routes_route *r, const tra
         protobuf_c_message_descriptor_get_field_by_name(m->descriptor, r->body);
     if (!bf || bf->type != PROTOBUF_C_TYPE_MESSAGE)
         return ERR_OK;
-    const char **present = in->body_len ? pbjson_present_fields(bf->descriptor, in->body,
-                                                                 in->body_len, a)
-                                        : NULL;
-    Google__Protobuf__FieldMask *mask = (Google__Protobuf__FieldMask *)new_msg(
-        a, &google__protobuf__field_mask__descriptor);
+    const char **present =
+        in->body_len ? pbjson_present_fields(bf->descriptor, in->body, in->body_len, a) : NULL;
+    Google__Protobuf__FieldMask *mask =
+        (Google__Protobuf__FieldMask *)new_msg(a, &google__protobuf__field_mask__descriptor);
     size_t n = 0;
     for (size_t i = 0; present && present[i]; i++)
         n++;
@@ -112,7 +111,10 @@ static err_code infer_mask(ProtobufCMessage *m, const routes_route *r, const tra
     return ERR_OK;
 }
 
-static bool has_star(const char *s) { return s && strchr(s, '*') != NULL; }
+static bool has_star(const char *s)
+{
+    return s && strchr(s, '*') != NULL;
+}
 
 static err_code check_concrete(const ProtobufCMessage *m, err_info *e)
 {

@@ -21,8 +21,8 @@ typedef struct transcode_input {
     size_t body_len;
     const transcode_kv *query; /* decoded query parameters */
     size_t nquery;
-    const char *if_match;      /* header or NULL */
-    const char *cookie_refresh;/* refresh_token cookie or NULL */
+    const char *if_match;        /* header or NULL */
+    const char *cookie_refresh;  /* refresh_token cookie or NULL */
     const char *sub, *sid, *jti; /* verified claims (NULL on public routes) */
 } transcode_input;
 

@@ -26,7 +26,10 @@ struct upstream {
 
 static const char *const NAMES[SVC_COUNT] = {"auth", "user", "permission"};
 
-const char *upstream_name(routes_svc s) { return s >= 0 && s < SVC_COUNT ? NAMES[s] : "none"; }
+const char *upstream_name(routes_svc s)
+{
+    return s >= 0 && s < SVC_COUNT ? NAMES[s] : "none";
+}
 
 breaker *upstream_breaker(upstream *u, routes_svc s)
 {
@@ -73,7 +76,10 @@ void upstream_free(upstream *u)
     free(u);
 }
 
-rpc_client *upstream_client(upstream *u, routes_svc s) { return s >= 0 && s < SVC_COUNT ? u->c[s] : NULL; }
+rpc_client *upstream_client(upstream *u, routes_svc s)
+{
+    return s >= 0 && s < SVC_COUNT ? u->c[s] : NULL;
+}
 
 err_code upstream_fetch_jwks(upstream *u, authn *an, int timeout_ms, err_info *e)
 {

@@ -43,8 +43,14 @@ static int64_t mono_ms(void *arg)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static int def(int v, int d) { return v > 0 ? v : d; }
-static int clamp_pct(int v) { return v > 100 ? 100 : v; }
+static int def(int v, int d)
+{
+    return v > 0 ? v : d;
+}
+static int clamp_pct(int v)
+{
+    return v > 100 ? 100 : v;
+}
 
 breaker *breaker_new(const breaker_opts *o)
 {
@@ -246,8 +252,14 @@ breaker_state breaker_state_get(breaker *b)
     return (breaker_state)atomic_load_explicit(&b->state, memory_order_acquire);
 }
 
-breaker_mode breaker_mode_get(const breaker *b) { return b->o.mode; }
-const char *breaker_target(const breaker *b) { return b->target; }
+breaker_mode breaker_mode_get(const breaker *b)
+{
+    return b->o.mode;
+}
+const char *breaker_target(const breaker *b)
+{
+    return b->target;
+}
 
 uint64_t breaker_rejected(breaker *b)
 {

@@ -1,5 +1,6 @@
 /* jwt: ES256 compact JWS over OpenSSL 3 (keys parsed once), strict verification, JWKS in and out.
- * libjwt is deliberately not used: it re-parses PEM keys on every call and accepts alg confusion. */
+ * libjwt is deliberately not used: it re-parses PEM keys on every call and accepts alg confusion.
+ */
 #include "common/jwt.h"
 
 #include <dirent.h>
@@ -131,7 +132,10 @@ void jwt_keyset_free(jwt_keyset *ks)
     free(ks);
 }
 
-size_t jwt_keyset_count(const jwt_keyset *ks) { return ks ? ks->n : 0; }
+size_t jwt_keyset_count(const jwt_keyset *ks)
+{
+    return ks ? ks->n : 0;
+}
 
 static const jwt_key *keyset_find(const jwt_keyset *ks, const char *kid)
 {
@@ -143,7 +147,10 @@ static const jwt_key *keyset_find(const jwt_keyset *ks, const char *kid)
     return NULL;
 }
 
-bool jwt_keyset_has_kid(const jwt_keyset *ks, const char *kid) { return keyset_find(ks, kid) != NULL; }
+bool jwt_keyset_has_kid(const jwt_keyset *ks, const char *kid)
+{
+    return keyset_find(ks, kid) != NULL;
+}
 
 static bool kid_ok(const char *kid)
 {
@@ -286,7 +293,8 @@ static bool key_selftest(EVP_PKEY *pkey)
 {
     static const unsigned char msg[] = "jwt-selftest";
     unsigned char sig[64];
-    return es256_sign(pkey, msg, sizeof msg - 1, sig) && es256_verify(pkey, msg, sizeof msg - 1, sig);
+    return es256_sign(pkey, msg, sizeof msg - 1, sig) &&
+           es256_verify(pkey, msg, sizeof msg - 1, sig);
 }
 
 static int str_cmp_qsort(const void *a, const void *b)
@@ -635,9 +643,11 @@ err_code jwt_verify(const jwt_keyset *ks, const char *token, const jwt_verify_op
     err_code rc = ERR_OK;
     int64_t now = o->now ? o->now : (int64_t)time(NULL);
     int64_t leeway = o->leeway_s > 0 ? o->leeway_s : 0;
-    if (!copy_claim(pl, "iss", c.iss, sizeof c.iss) || !copy_claim(pl, "sub", c.sub, sizeof c.sub) ||
-        !copy_claim(pl, "sid", c.sid, sizeof c.sid) || !copy_claim(pl, "jti", c.jti, sizeof c.jti) ||
-        !int_claim(pl, "exp", &c.exp) || !int_claim(pl, "iat", &c.iat)) {
+    if (!copy_claim(pl, "iss", c.iss, sizeof c.iss) ||
+        !copy_claim(pl, "sub", c.sub, sizeof c.sub) ||
+        !copy_claim(pl, "sid", c.sid, sizeof c.sid) ||
+        !copy_claim(pl, "jti", c.jti, sizeof c.jti) || !int_claim(pl, "exp", &c.exp) ||
+        !int_claim(pl, "iat", &c.iat)) {
         rc = err_set(e, ERR_UNAUTHENTICATED, "token claims missing or malformed");
         goto done;
     }
@@ -695,7 +705,8 @@ done:
 /* ---- JWKS out ---- */
 
 void jwt_keyset_each(const jwt_keyset *ks,
-                     void (*fn)(void *arg, const char *kid, const char *x, const char *y), void *arg)
+                     void (*fn)(void *arg, const char *kid, const char *x, const char *y),
+                     void *arg)
 {
     if (!ks || !fn)
         return;

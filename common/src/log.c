@@ -17,7 +17,10 @@ void log_init(const char *service, log_level min_level)
     log_min_level = min_level;
 }
 
-void log_set_fd(int fd) { log_fd = fd; }
+void log_set_fd(int fd)
+{
+    log_fd = fd;
+}
 
 bool log_level_parse(const char *s, log_level *out)
 {

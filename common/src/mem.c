@@ -37,7 +37,10 @@ void *xrealloc(void *p, size_t n)
     return q;
 }
 
-char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+char *xstrdup(const char *s)
+{
+    return xstrndup(s, strlen(s));
+}
 
 char *xstrndup(const char *s, size_t n)
 {
@@ -151,7 +154,10 @@ char *arena_strndup(arena *a, const char *s, size_t n)
     return p;
 }
 
-char *arena_strdup(arena *a, const char *s) { return arena_strndup(a, s, strlen(s)); }
+char *arena_strdup(arena *a, const char *s)
+{
+    return arena_strndup(a, s, strlen(s));
+}
 
 char *arena_printf(arena *a, const char *fmt, ...)
 {
@@ -177,9 +183,15 @@ void arena_defer(arena *a, void (*fn)(void *), void *arg)
     a->cleanups = c;
 }
 
-size_t arena_used(const arena *a) { return a->total; }
+size_t arena_used(const arena *a)
+{
+    return a->total;
+}
 
-static void *arena_pb_alloc(void *data, size_t size) { return arena_alloc(data, size); }
+static void *arena_pb_alloc(void *data, size_t size)
+{
+    return arena_alloc(data, size);
+}
 static void arena_pb_free(void *data, void *p)
 {
     (void)data;

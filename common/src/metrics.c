@@ -1,4 +1,5 @@
-/* metrics: registry of families and series; atomic observations; Prometheus text; a tiny HTTP server. */
+/* metrics: registry of families and series; atomic observations; Prometheus text; a tiny HTTP
+ * server. */
 #include "common/metrics.h"
 
 #include <arpa/inet.h>
@@ -15,7 +16,8 @@
 
 #include "common/mem.h"
 
-/* Doubles kept as their bit pattern in an atomic u64, so adds are a CAS loop and reads are plain. */
+/* Doubles kept as their bit pattern in an atomic u64, so adds are a CAS loop and reads are plain.
+ */
 typedef _Atomic uint64_t atomic_f64;
 
 static double f64_load(atomic_f64 *a)
@@ -79,8 +81,8 @@ struct metrics_registry {
     metrics_collector *collectors;
 };
 
-static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                         0.05,   0.1,   0.25,   0.5,   1,    2.5, 5, 10};
+static const double default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 metrics_registry *metrics_registry_new(void)
 {
@@ -200,8 +202,14 @@ void metrics_counter_add(metrics_series *s, double v)
     if (v > 0)
         f64_add(&s->value, v);
 }
-void metrics_gauge_set(metrics_series *s, double v) { f64_store(&s->value, v); }
-void metrics_gauge_add(metrics_series *s, double v) { f64_add(&s->value, v); }
+void metrics_gauge_set(metrics_series *s, double v)
+{
+    f64_store(&s->value, v);
+}
+void metrics_gauge_add(metrics_series *s, double v)
+{
+    f64_add(&s->value, v);
+}
 
 void metrics_histogram_observe(metrics_series *s, double v)
 {
@@ -370,10 +378,10 @@ struct metrics_http {
     metrics_registry *reg;
 };
 
-static enum MHD_Result metrics_http_handler(void *cls, struct MHD_Connection *conn,
-                                            const char *url, const char *method,
-                                            const char *version, const char *upload_data,
-                                            size_t *upload_data_size, void **req_cls)
+static enum MHD_Result metrics_http_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                            const char *method, const char *version,
+                                            const char *upload_data, size_t *upload_data_size,
+                                            void **req_cls)
 {
     metrics_http *h = cls;
     struct MHD_Response *resp;
@@ -400,8 +408,7 @@ static enum MHD_Result metrics_http_handler(void *cls, struct MHD_Connection *co
     return r;
 }
 
-metrics_http *metrics_http_start(metrics_registry *r, const char *addr, char *errbuf,
-                                 size_t errlen)
+metrics_http *metrics_http_start(metrics_registry *r, const char *addr, char *errbuf, size_t errlen)
 {
     char host[64] = "0.0.0.0";
     long port = 0;

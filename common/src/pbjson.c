@@ -23,8 +23,8 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 
-#define PBJSON_MAX_DEPTH 32   /* JSON nesting accepted on input (top-level object = 1) */
-#define PBJSON_ENC_DEPTH 100  /* message nesting emitted; deeper (hostile input) becomes null */
+#define PBJSON_MAX_DEPTH 32  /* JSON nesting accepted on input (top-level object = 1) */
+#define PBJSON_ENC_DEPTH 100 /* message nesting emitted; deeper (hostile input) becomes null */
 #define TS_MIN_SECONDS (-62135596800LL) /* 0001-01-01T00:00:00Z */
 #define TS_MAX_SECONDS 253402300799LL   /* 9999-12-31T23:59:59Z */
 #define DUR_MAX_SECONDS 315576000000LL  /* ±10000 years, as protobuf */
@@ -55,8 +55,8 @@ static wkt wkt_kind(const ProtobufCMessageDescriptor *d)
         return WKT_FIELDMASK;
     if (strcmp(n, "Any") == 0)
         return WKT_ANY;
-    static const char *const wrappers[] = {"DoubleValue", "FloatValue", "Int64Value",
-                                           "UInt64Value", "Int32Value", "UInt32Value",
+    static const char *const wrappers[] = {"DoubleValue", "FloatValue",  "Int64Value",
+                                           "UInt64Value", "Int32Value",  "UInt32Value",
                                            "BoolValue",   "StringValue", "BytesValue"};
     for (size_t i = 0; i < sizeof wrappers / sizeof wrappers[0]; i++)
         if (strcmp(n, wrappers[i]) == 0 && d->n_fields == 1)
@@ -128,7 +128,8 @@ static const ProtobufCFieldDescriptor *field_by_key(const ProtobufCMessageDescri
 
 /* protoc names a map<> field's entry type <Parent>.<FieldInCamel>Entry with fields key=1,
  * value=2; protobuf-c keeps no map_entry option, so that naming rule is how we recognise maps. */
-static bool is_map_field(const ProtobufCMessageDescriptor *parent, const ProtobufCFieldDescriptor *f)
+static bool is_map_field(const ProtobufCMessageDescriptor *parent,
+                         const ProtobufCFieldDescriptor *f)
 {
     if (f->label != PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_MESSAGE)
         return false;
@@ -185,8 +186,8 @@ void pbjson_register_any(const ProtobufCMessageDescriptor *d)
 static const ProtobufCMessageDescriptor *any_lookup(const char *type_url)
 {
     static const ProtobufCMessageDescriptor *const builtin[] = {
-        &google__rpc__bad_request__descriptor,  &google__rpc__retry_info__descriptor,
-        &google__rpc__status__descriptor,       &google__protobuf__timestamp__descriptor,
+        &google__rpc__bad_request__descriptor,   &google__rpc__retry_info__descriptor,
+        &google__rpc__status__descriptor,        &google__protobuf__timestamp__descriptor,
         &google__protobuf__duration__descriptor, &google__protobuf__field_mask__descriptor,
         &google__protobuf__empty__descriptor};
     if (!type_url)
@@ -288,8 +289,8 @@ static bool parse_timestamp(const char *s, size_t n, int64_t *secs, int32_t *nan
     }
     if (i != n)
         return false;
-    int64_t t = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se -
-                off;
+    int64_t t =
+        days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + se - off;
     if (t < TS_MIN_SECONDS || t > TS_MAX_SECONDS)
         return false;
     *secs = t;
@@ -445,8 +446,14 @@ static void put(enc *x, const char *s, size_t n)
     x->len += n;
 }
 
-static void putc_(enc *x, char c) { put(x, &c, 1); }
-static void puts_(enc *x, const char *s) { put(x, s, strlen(s)); }
+static void putc_(enc *x, char c)
+{
+    put(x, &c, 1);
+}
+static void puts_(enc *x, const char *s)
+{
+    put(x, s, strlen(s));
+}
 
 static void putf(enc *x, const char *fmt, ...) ERR_PRINTF(2, 3);
 static void putf(enc *x, const char *fmt, ...)
@@ -1425,8 +1432,7 @@ static void dec_repeated(dec *d, ProtobufCMessage *m, const ProtobufCFieldDescri
                 ok = false;
             }
             if (ok && !json_is_null(val))
-                ok = dec_value(d, &ed->fields[1], val, (char *)entry + ed->fields[1].offset,
-                               false);
+                ok = dec_value(d, &ed->fields[1], val, (char *)entry + ed->fields[1].offset, false);
             if (ok)
                 arr[k++] = entry;
             path_pop(d, old);
@@ -1480,8 +1486,8 @@ static void dec_object(dec *d, ProtobufCMessage *m, json_t *obj, bool skip_type)
 {
     const ProtobufCMessageDescriptor *md = m->descriptor;
     const char *seen_key_small[64]; /* per field: the JSON key that set it (duplicates, oneofs) */
-    const char **seen_key = md->n_fields <= 64 ? seen_key_small
-                                               : arena_alloc(d->a, md->n_fields * sizeof(char *));
+    const char **seen_key =
+        md->n_fields <= 64 ? seen_key_small : arena_alloc(d->a, md->n_fields * sizeof(char *));
     memset(seen_key, 0, (md->n_fields <= 64 ? 64 : md->n_fields) * sizeof(char *));
     const char *key;
     json_t *v;

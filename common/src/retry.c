@@ -16,8 +16,8 @@ struct retry_budget {
 
 static retry_opts retry_defaults(const retry_opts *o)
 {
-    retry_opts r = {.max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10,
-                    .min_tokens = 3};
+    retry_opts r = {
+        .max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10, .min_tokens = 3};
     if (o) {
         if (o->max_retries >= 0)
             r.max_retries = o->max_retries;
@@ -44,7 +44,10 @@ retry_budget *retry_budget_new(const retry_opts *o)
     return b;
 }
 
-void retry_budget_free(retry_budget *b) { free(b); }
+void retry_budget_free(retry_budget *b)
+{
+    free(b);
+}
 
 void retry_budget_on_call(retry_budget *b)
 {
@@ -63,8 +66,8 @@ bool retry_budget_try_withdraw(retry_budget *b)
 {
     int64_t cur = atomic_load_explicit(&b->milli, memory_order_relaxed);
     while (cur >= 1000) {
-        if (atomic_compare_exchange_weak_explicit(&b->milli, &cur, cur - 1000,
-                                                  memory_order_relaxed, memory_order_relaxed))
+        if (atomic_compare_exchange_weak_explicit(&b->milli, &cur, cur - 1000, memory_order_relaxed,
+                                                  memory_order_relaxed))
             return true;
     }
     return false;
@@ -92,7 +95,10 @@ bool retry_is_idempotent(const char *full_method)
     return false;
 }
 
-bool retry_is_retryable(err_code code) { return code == ERR_UNAVAILABLE; }
+bool retry_is_retryable(err_code code)
+{
+    return code == ERR_UNAVAILABLE;
+}
 
 int retry_backoff_ms(const retry_opts *o, int attempt, uint32_t rnd)
 {

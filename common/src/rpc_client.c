@@ -85,24 +85,24 @@ struct call_state {
     grpc_metadata md[MAX_MD];
     size_t nmd;
     char tp[64];
-    const char *method;   /* async: owned copy */
-    void *mh;             /* registered-call handle */
-    grpc_slice req;       /* packed request, kept for retries */
-    grpc_call *parent;    /* server call we run inside (async: a reference is held) */
-    int64_t deadline_ms;  /* absolute, margin already taken off */
+    const char *method;  /* async: owned copy */
+    void *mh;            /* registered-call handle */
+    grpc_slice req;      /* packed request, kept for retries */
+    grpc_call *parent;   /* server call we run inside (async: a reference is held) */
+    int64_t deadline_ms; /* absolute, margin already taken off */
     bool idempotent;
-    bool bypass_breaker;  /* RPC_CALL_BYPASS_BREAKER: neither asked nor taught */
-    int attempts;         /* made so far */
+    bool bypass_breaker; /* RPC_CALL_BYPASS_BREAKER: neither asked nor taught */
+    int attempts;        /* made so far */
     /* async only */
     rpc_client *c;
     const ProtobufCMessageDescriptor *resp_desc;
     arena *a;
     rpc_client_done done;
     void *arg;
-    char *md_copy;        /* metadata values copied here */
+    char *md_copy; /* metadata values copied here */
     char *method_copy;
-    int64_t due_ms;       /* retry queue */
-    err_code last_rc;     /* what the caller gets if the retry cannot be made */
+    int64_t due_ms;   /* retry queue */
+    err_code last_rc; /* what the caller gets if the retry cannot be made */
     err_info last_e;
     call_state *next;
 };
@@ -115,8 +115,10 @@ typedef struct policy_env {
     int retry_max, retry_budget_pct, margin_ms;
 } policy_env;
 
-#define POPT(env, type, field, def, lo, hi, help)                                                 \
-    {env, type, offsetof(policy_env, field), def, lo, hi, help}
+#define POPT(env, type, field, def, lo, hi, help)                                                  \
+    {                                                                                              \
+        env, type, offsetof(policy_env, field), def, lo, hi, help                                  \
+    }
 static const config_opt policy_table[] = {
     POPT("BREAKER_WINDOW", CONFIG_INT, window, "20", 1, 10000,
          "circuit breaker: outcomes of the last N calls per target considered"),
@@ -197,7 +199,10 @@ err_code rpc_client_policy_load(rpc_client_policy *out, err_info *e)
     return rc;
 }
 
-void rpc_client_policy_print_help(void) { config_print_help(policy_table, NPOLICY); }
+void rpc_client_policy_print_help(void)
+{
+    config_print_help(policy_table, NPOLICY);
+}
 
 /* ---------- metrics and transition log ---------- */
 
@@ -209,23 +214,23 @@ static void metrics_init(rpc_client *c, metrics_registry *r)
     static const char *l_to[] = {"target", "to", NULL};
     client_metrics *m = &c->m;
     m->handled = metrics_family_new(r, METRICS_COUNTER, "grpc_client_handled_total",
-                                    "RPCs made by this process (each attempt), by code.",
-                                    l_handled, NULL, 0);
-    m->seconds = metrics_family_new(r, METRICS_HISTOGRAM, "grpc_client_handling_seconds",
-                                    "Time of each RPC attempt as seen by the caller.", l_seconds,
+                                    "RPCs made by this process (each attempt), by code.", l_handled,
                                     NULL, 0);
+    m->seconds =
+        metrics_family_new(r, METRICS_HISTOGRAM, "grpc_client_handling_seconds",
+                           "Time of each RPC attempt as seen by the caller.", l_seconds, NULL, 0);
     m->state = metrics_family_new(r, METRICS_GAUGE, "circuit_breaker_state",
                                   "Circuit breaker per target: 0 closed, 1 open, 2 half-open.",
                                   l_target, NULL, 0);
-    m->transitions = metrics_family_new(r, METRICS_COUNTER, "circuit_breaker_transitions_total",
-                                        "Circuit breaker state changes, by new state.", l_to,
-                                        NULL, 0);
+    m->transitions =
+        metrics_family_new(r, METRICS_COUNTER, "circuit_breaker_transitions_total",
+                           "Circuit breaker state changes, by new state.", l_to, NULL, 0);
     m->rejected = metrics_family_new(r, METRICS_COUNTER, "circuit_breaker_rejected_total",
                                      "Calls refused at once because the circuit was open.",
                                      l_target, NULL, 0);
-    m->retries = metrics_family_new(r, METRICS_COUNTER, "grpc_client_retries_total",
-                                    "Retries of idempotent reads after UNAVAILABLE.", l_target,
-                                    NULL, 0);
+    m->retries =
+        metrics_family_new(r, METRICS_COUNTER, "grpc_client_retries_total",
+                           "Retries of idempotent reads after UNAVAILABLE.", l_target, NULL, 0);
     m->skipped = metrics_family_new(r, METRICS_COUNTER, "grpc_client_deadline_skipped_total",
                                     "Calls not made: the caller's deadline budget was spent.",
                                     l_target, NULL, 0);
@@ -419,9 +424,15 @@ void rpc_client_free(rpc_client *c)
     grpc_shutdown();
 }
 
-const char *rpc_client_name(const rpc_client *c) { return c ? c->name : ""; }
+const char *rpc_client_name(const rpc_client *c)
+{
+    return c ? c->name : "";
+}
 
-breaker *rpc_client_breaker(rpc_client *c) { return c ? c->br : NULL; }
+breaker *rpc_client_breaker(rpc_client *c)
+{
+    return c ? c->br : NULL;
+}
 
 void rpc_client_stats_get(rpc_client *c, rpc_client_stats *out)
 {
@@ -575,8 +586,7 @@ static int retry_delay(rpc_client *c, const call_state *st, err_code rc, const e
 
 /* Breaker permit, then the call and its one batch on cq (tag st). On ERR_OK the caller must end
  * the attempt with attempt_end once the batch completes. */
-static err_code attempt_start(rpc_client *c, call_state *st, grpc_completion_queue *cq,
-                              err_info *e)
+static err_code attempt_start(rpc_client *c, call_state *st, grpc_completion_queue *cq, err_info *e)
 {
     int64_t now = rpc_now_ms();
     if (st->deadline_ms - now <= 0)
@@ -591,9 +601,9 @@ static err_code attempt_start(rpc_client *c, call_state *st, grpc_completion_que
     st->error_string = NULL;
     st->status = GRPC_STATUS_OK;
     st->details = grpc_empty_slice();
-    st->call = grpc_channel_create_registered_call(c->ch, st->parent, GRPC_PROPAGATE_DEFAULTS, cq,
-                                                   st->mh, rpc_ms_to_deadline(st->deadline_ms),
-                                                   NULL);
+    st->call =
+        grpc_channel_create_registered_call(c->ch, st->parent, GRPC_PROPAGATE_DEFAULTS, cq, st->mh,
+                                            rpc_ms_to_deadline(st->deadline_ms), NULL);
     if (!st->call) {
         if (!st->bypass_breaker)
             breaker_record(c->br, ERR_CANCELLED, 0); /* our failure, not the target's: neutral */
@@ -652,8 +662,8 @@ static err_code call_finish(call_state *st, const ProtobufCMessageDescriptor *re
             grpc_byte_buffer_reader_destroy(&rd);
             ProtobufCAllocator alloc;
             arena_pb_allocator(a, &alloc);
-            ProtobufCMessage *m = protobuf_c_message_unpack(resp_desc, &alloc, GRPC_SLICE_LENGTH(body),
-                                                            GRPC_SLICE_START_PTR(body));
+            ProtobufCMessage *m = protobuf_c_message_unpack(
+                resp_desc, &alloc, GRPC_SLICE_LENGTH(body), GRPC_SLICE_START_PTR(body));
             grpc_slice_unref(body);
             if (!m)
                 rc = err_set(e, ERR_INTERNAL, "malformed response message (%s)", resp_desc->name);

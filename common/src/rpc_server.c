@@ -1,5 +1,6 @@
 /* rpc_server: serves a table of unary protobuf-c methods on the gRPC C core (one shared completion
- * queue, N worker threads), with Health built in, plus the id/trace/status helpers rpc_client shares. */
+ * queue, N worker threads), with Health built in, plus the id/trace/status helpers rpc_client
+ * shares. */
 #include "common/rpc_server.h"
 
 #include <errno.h>
@@ -108,8 +109,8 @@ bool rpc_request_id_ok(const char *s, size_t len)
         return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '.' || ch == '_' || ch == ':' || ch == '-';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == ':' || ch == '-';
         if (!ok)
             return false;
     }
@@ -289,7 +290,13 @@ gpr_timespec rpc_ms_to_deadline(int64_t ms)
  * ------------------------------------------------------------------------------------------- */
 
 /* Every completion-queue tag points at one of these as its first member. */
-typedef enum tag_kind { TAG_CALL_NEW, TAG_CALL_DONE, TAG_GENERIC_NEW, TAG_GENERIC_DONE, TAG_SHUTDOWN } tag_kind;
+typedef enum tag_kind {
+    TAG_CALL_NEW,
+    TAG_CALL_DONE,
+    TAG_GENERIC_NEW,
+    TAG_GENERIC_DONE,
+    TAG_SHUTDOWN
+} tag_kind;
 
 typedef struct srv_method {
     rpc_method m;
@@ -317,7 +324,7 @@ typedef struct srv_call {
     size_t ninit;
     grpc_metadata trail_md[1];
     size_t ntrail;
-    bool counted; /* holds a max_inflight slot */
+    bool counted;              /* holds a max_inflight slot */
     char err_msg[ERR_MSG_LEN]; /* for the log line */
 } srv_call;
 
@@ -343,7 +350,7 @@ struct rpc_server {
     pthread_cond_t cv;
     tag_kind shutdown_tag;
     bool shutdown_tag_seen;
-    int live;  /* srv_call structs alive (posted or in progress); guarded by mu */
+    int live; /* srv_call structs alive (posted or in progress); guarded by mu */
     bool started, stopping, stopped;
 };
 
@@ -396,9 +403,8 @@ static void post_method(rpc_server *s, srv_method *m)
     c->method = m;
     grpc_metadata_array_init(&c->md);
     live_add(s, 1);
-    grpc_call_error r = grpc_server_request_registered_call(s->server, m->handle, &c->call,
-                                                            &c->deadline, &c->md, &c->payload,
-                                                            s->cq, s->cq, c);
+    grpc_call_error r = grpc_server_request_registered_call(
+        s->server, m->handle, &c->call, &c->deadline, &c->md, &c->payload, s->cq, s->cq, c);
     if (r != GRPC_CALL_OK)
         call_free(c);
 }
@@ -466,7 +472,8 @@ static void read_metadata(srv_call *c)
     }
     ctx->md.user_agent = xua && *xua ? xua : (ua ? ua : "");
 
-    if (have_rid && rpc_request_id_ok((const char *)GRPC_SLICE_START_PTR(rid), GRPC_SLICE_LENGTH(rid))) {
+    if (have_rid &&
+        rpc_request_id_ok((const char *)GRPC_SLICE_START_PTR(rid), GRPC_SLICE_LENGTH(rid))) {
         ctx->md.request_id = md_copy(a, rid, RPC_REQUEST_ID_MAX);
     } else {
         char *u = arena_alloc(a, 37);
@@ -476,8 +483,9 @@ static void read_metadata(srv_call *c)
 
     char parent_span[17], flags[3];
     rpc_rand_hex(ctx->span_id, 8);
-    if (have_tp && rpc_traceparent_parse((const char *)GRPC_SLICE_START_PTR(tp),
-                                         GRPC_SLICE_LENGTH(tp), ctx->trace_id, parent_span, flags)) {
+    if (have_tp &&
+        rpc_traceparent_parse((const char *)GRPC_SLICE_START_PTR(tp), GRPC_SLICE_LENGTH(tp),
+                              ctx->trace_id, parent_span, flags)) {
         ctx->md.traceparent = md_copy(a, tp, 55);
     } else {
         rpc_rand_hex(ctx->trace_id, 16);
@@ -493,7 +501,8 @@ static err_code health_check(rpc_ctx *ctx, const ProtobufCMessage *req, Protobuf
 {
     srv_call *c = (srv_call *)(void *)((char *)ctx - offsetof(srv_call, ctx));
     rpc_server *s = c->s;
-    const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
+    const Grpc__Health__V1__HealthCheckRequest *r =
+        (const Grpc__Health__V1__HealthCheckRequest *)req;
     if (r->service[0] && !(s->service_name && strcmp(r->service, s->service_name) == 0))
         return err_set(e, ERR_NOT_FOUND, "unknown service %.100s", r->service);
     Grpc__Health__V1__HealthCheckResponse *out = arena_alloc(ctx->arena, sizeof *out);
@@ -505,7 +514,10 @@ static err_code health_check(rpc_ctx *ctx, const ProtobufCMessage *req, Protobuf
     return ERR_OK;
 }
 
-grpc_call *rpc_ctx_grpc_call(const rpc_ctx *ctx) { return ctx ? (grpc_call *)ctx->call : NULL; }
+grpc_call *rpc_ctx_grpc_call(const rpc_ctx *ctx)
+{
+    return ctx ? (grpc_call *)ctx->call : NULL;
+}
 
 /* Runs the handler (or the refusal) and fills code/e/response. */
 static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
@@ -531,8 +543,8 @@ static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
     grpc_byte_buffer_reader_destroy(&rd);
     ProtobufCAllocator alloc;
     arena_pb_allocator(ctx->arena, &alloc);
-    ProtobufCMessage *req =
-        protobuf_c_message_unpack(m->m.req, &alloc, GRPC_SLICE_LENGTH(body), GRPC_SLICE_START_PTR(body));
+    ProtobufCMessage *req = protobuf_c_message_unpack(m->m.req, &alloc, GRPC_SLICE_LENGTH(body),
+                                                      GRPC_SLICE_START_PTR(body));
     grpc_slice_unref(body);
     grpc_byte_buffer_destroy(c->payload);
     c->payload = NULL;
@@ -573,8 +585,9 @@ static void log_call(srv_call *c, const char *method, double secs)
     log_json_str(mjs, sizeof mjs, method);
     if (c->code != ERR_OK && c->err_msg[0]) {
         log_json_str(ejs, sizeof ejs, c->err_msg);
-        snprintf(kv, sizeof kv, "\"method\":%s,\"grpc_code\":\"%s\",\"duration_ms\":%.3f,\"error\":%s",
-                 mjs, err_str(c->code), secs * 1e3, ejs);
+        snprintf(kv, sizeof kv,
+                 "\"method\":%s,\"grpc_code\":\"%s\",\"duration_ms\":%.3f,\"error\":%s", mjs,
+                 err_str(c->code), secs * 1e3, ejs);
     } else {
         snprintf(kv, sizeof kv, "\"method\":%s,\"grpc_code\":\"%s\",\"duration_ms\":%.3f", mjs,
                  err_str(c->code), secs * 1e3);
@@ -641,7 +654,8 @@ static void on_call_new(srv_call *c)
     }
     ops[nops].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[nops].data.send_status_from_server.status = (grpc_status_code)rc;
-    ops[nops].data.send_status_from_server.status_details = c->has_status_msg ? &c->status_msg : NULL;
+    ops[nops].data.send_status_from_server.status_details =
+        c->has_status_msg ? &c->status_msg : NULL;
     ops[nops].data.send_status_from_server.trailing_metadata_count = c->ntrail;
     ops[nops].data.send_status_from_server.trailing_metadata = c->ntrail ? c->trail_md : NULL;
     nops++;
@@ -724,8 +738,7 @@ static void *worker(void *arg)
 {
     rpc_server *s = arg;
     for (;;) {
-        grpc_event ev =
-            grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
@@ -849,7 +862,10 @@ rpc_server *rpc_server_new(const rpc_server_opts *opts, const rpc_method *method
     return s;
 }
 
-void rpc_server_set_state(rpc_server *s, void *state) { s->state = state; }
+void rpc_server_set_state(rpc_server *s, void *state)
+{
+    s->state = state;
+}
 
 err_code rpc_server_start(rpc_server *s, err_info *e)
 {
@@ -881,11 +897,20 @@ err_code rpc_server_start(rpc_server *s, err_info *e)
     return ERR_OK;
 }
 
-int rpc_server_port(const rpc_server *s) { return s ? s->port : 0; }
+int rpc_server_port(const rpc_server *s)
+{
+    return s ? s->port : 0;
+}
 
-void rpc_server_set_serving(rpc_server *s, bool serving) { atomic_store(&s->serving, serving); }
+void rpc_server_set_serving(rpc_server *s, bool serving)
+{
+    atomic_store(&s->serving, serving);
+}
 
-static bool shutdown_done_locked(rpc_server *s) { return s->shutdown_tag_seen && s->live == 0; }
+static bool shutdown_done_locked(rpc_server *s)
+{
+    return s->shutdown_tag_seen && s->live == 0;
+}
 
 /* Waits until the shutdown tag came back and every call struct is gone, or until deadline (a
  * CLOCK_REALTIME timespec; NULL = no limit). Returns true when done. */

@@ -20,7 +20,9 @@
 enum { O_LISTEN, O_METRICS, O_DATABASE_URL };
 
 #define OPT(env, type, field, def, min, max, help)                                                 \
-    {env, type, offsetof(svc_config, field), def, min, max, help}
+    {                                                                                              \
+        env, type, offsetof(svc_config, field), def, min, max, help                                \
+    }
 
 static const config_opt common_template[] = {
     OPT("LISTEN_ADDR", CONFIG_STR, listen_addr, NULL, 0, 0, "gRPC listen address host:port"),
@@ -79,7 +81,8 @@ static void usage(const svc_def *def, const char *argv0, const config_opt *commo
         config_print_help(def->opts, def->nopts);
     if (def->calls_peers)
         rpc_client_policy_print_help();
-    printf("\n  --health-check  ask grpc.health.v1.Health/Check on LISTEN_ADDR; exit 0 if SERVING\n");
+    printf(
+        "\n  --health-check  ask grpc.health.v1.Health/Check on LISTEN_ADDR; exit 0 if SERVING\n");
 }
 
 /* "0.0.0.0:50052" → "127.0.0.1:50052": where a local probe can reach what we listen on. */
@@ -90,7 +93,8 @@ static void local_target(const char *listen, char *out, size_t len)
     size_t hostlen = colon ? (size_t)(colon - listen) : strlen(listen);
     if (hostlen == 0 || (hostlen == 7 && strncmp(listen, "0.0.0.0", 7) == 0))
         snprintf(out, len, "127.0.0.1:%s", port);
-    else if ((hostlen == 4 && strncmp(listen, "[::]", 4) == 0) || (hostlen == 2 && strncmp(listen, "::", 2) == 0))
+    else if ((hostlen == 4 && strncmp(listen, "[::]", 4) == 0) ||
+             (hostlen == 2 && strncmp(listen, "::", 2) == 0))
         snprintf(out, len, "[::1]:%s", port);
     else
         snprintf(out, len, "%s", listen);
@@ -111,9 +115,9 @@ static int health_check(const svc_config *cfg)
     arena *a = arena_new(0);
     ProtobufCMessage *m = NULL;
     rpc_call_opts o = {.deadline_ms = rpc_now_ms() + 2000};
-    err_code rc = rpc_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
-                                  &grpc__health__v1__health_check_response__descriptor, &o, a, &m,
-                                  &e);
+    err_code rc =
+        rpc_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
+                        &grpc__health__v1__health_check_response__descriptor, &o, a, &m, &e);
     int exit_code = 1;
     if (rc != ERR_OK) {
         printf("health-check %s: %s: %s\n", target, err_str(rc), e.msg);
@@ -231,21 +235,21 @@ static void svc_metrics_init(svc_metrics *m, svc_env *env)
     m->env = env;
     m->handled = metrics_family_new(r, METRICS_COUNTER, "grpc_server_handled_total",
                                     "RPCs completed on the server, by code.", l3, NULL, 0);
-    m->seconds = metrics_family_new(r, METRICS_HISTOGRAM, "grpc_server_handling_seconds",
-                                    "RPC handling time on the server (SPEC §4: by code too).", l3,
-                                    NULL, 0);
-    m->pool_size = metrics_family_new(r, METRICS_GAUGE, "db_pool_size", "Pool connections.",
-                                      NULL, NULL, 0);
+    m->seconds =
+        metrics_family_new(r, METRICS_HISTOGRAM, "grpc_server_handling_seconds",
+                           "RPC handling time on the server (SPEC §4: by code too).", l3, NULL, 0);
+    m->pool_size =
+        metrics_family_new(r, METRICS_GAUGE, "db_pool_size", "Pool connections.", NULL, NULL, 0);
     m->pool_in_use = metrics_family_new(r, METRICS_GAUGE, "db_pool_in_use",
                                         "Connections handed out.", NULL, NULL, 0);
-    m->pool_idle = metrics_family_new(r, METRICS_GAUGE, "db_pool_idle", "Connections idle.",
-                                      NULL, NULL, 0);
+    m->pool_idle =
+        metrics_family_new(r, METRICS_GAUGE, "db_pool_idle", "Connections idle.", NULL, NULL, 0);
     m->pool_waiting = metrics_family_new(r, METRICS_GAUGE, "db_pool_waiting",
                                          "Callers waiting for a connection.", NULL, NULL, 0);
     /* Running totals kept by db.c and cache.c, copied at scrape time (monotonic, so counters). */
-    m->pool_wait_seconds = metrics_family_new(r, METRICS_COUNTER, "db_pool_wait_seconds_total",
-                                              "Total time callers waited for a connection.",
-                                              NULL, NULL, 0);
+    m->pool_wait_seconds =
+        metrics_family_new(r, METRICS_COUNTER, "db_pool_wait_seconds_total",
+                           "Total time callers waited for a connection.", NULL, NULL, 0);
     m->pool_timeouts = metrics_family_new(r, METRICS_COUNTER, "db_pool_timeouts_total",
                                           "Acquires that gave up (UNAVAILABLE).", NULL, NULL, 0);
     m->pool_reconnects = metrics_family_new(r, METRICS_COUNTER, "db_pool_reconnects_total",
@@ -302,8 +306,10 @@ int svc_main(const svc_def *def, int argc, char **argv)
     }
     log_level lvl;
     if (!log_level_parse(cfg.log_level, &lvl)) {
-        log_error(NULL, "start-up failed: config: LOG_LEVEL: must be debug, info, warn or error, "
-                        "got '%.40s'", cfg.log_level);
+        log_error(NULL,
+                  "start-up failed: config: LOG_LEVEL: must be debug, info, warn or error, "
+                  "got '%.40s'",
+                  cfg.log_level);
         goto out;
     }
     if (want_health) {
@@ -325,12 +331,13 @@ int svc_main(const svc_def *def, int argc, char **argv)
         exit_code = stopped ? 0 : 1;
         goto out;
     }
-    if (def->schema && db_migrate(env.db, def->schema, def->migrations, def->nmigrations, &e) !=
-                           ERR_OK) {
+    if (def->schema &&
+        db_migrate(env.db, def->schema, def->migrations, def->nmigrations, &e) != ERR_OK) {
         log_error(NULL, "start-up failed: migrations: %s", e.msg);
         goto out;
     }
-    cache_opts cop = {.url = cfg.redis_url, .timeout_ms = cfg.redis_timeout_ms, .backoff_max_ms = 5000};
+    cache_opts cop = {
+        .url = cfg.redis_url, .timeout_ms = cfg.redis_timeout_ms, .backoff_max_ms = 5000};
     env.cache = cache_new(&cop, &e);
     if (!env.cache) {
         log_error(NULL, "start-up failed: redis: %s", e.msg);
@@ -368,8 +375,8 @@ int svc_main(const svc_def *def, int argc, char **argv)
     }
     {
         char kv[400], a[300];
-        snprintf(kv, sizeof kv, "\"addr\":%s,\"port\":%d", log_json_str(a, sizeof a, cfg.listen_addr),
-                 rpc_server_port(env.server));
+        snprintf(kv, sizeof kv, "\"addr\":%s,\"port\":%d",
+                 log_json_str(a, sizeof a, cfg.listen_addr), rpc_server_port(env.server));
         log_info_kv(NULL, kv, "serving %s", def->grpc_service ? def->grpc_service : def->name);
     }
 

@@ -50,9 +50,9 @@ static void run_job(auth_hasher *h, job *j)
      * garbled one simply does not match. */
     bool ok = crypto_pwhash_str_verify(hash, j->pw, strlen(j->pw)) == 0;
     j->match = ok && j->hash != NULL;
-    j->needs_rehash = j->match && (strncmp(hash, "$argon2id$", 10) != 0 ||
-                                   crypto_pwhash_str_needs_rehash(hash, h->opslimit,
-                                                                  h->memlimit) != 0);
+    j->needs_rehash =
+        j->match && (strncmp(hash, "$argon2id$", 10) != 0 ||
+                     crypto_pwhash_str_needs_rehash(hash, h->opslimit, h->memlimit) != 0);
 }
 
 static void *worker(void *arg)
@@ -123,8 +123,9 @@ auth_hasher *auth_hasher_new(const auth_hasher_opts *o, err_info *e)
     if (o->workers < 1 || o->queue < 0 ||
         (unsigned long long)o->iterations < crypto_pwhash_argon2id_OPSLIMIT_MIN ||
         (size_t)o->memory_kib * 1024u < crypto_pwhash_argon2id_MEMLIMIT_MIN) {
-        err_set(e, ERR_INVALID_ARGUMENT, "hasher: bad parameters (workers %d, iterations %d, %d KiB)",
-                o->workers, o->iterations, o->memory_kib);
+        err_set(e, ERR_INVALID_ARGUMENT,
+                "hasher: bad parameters (workers %d, iterations %d, %d KiB)", o->workers,
+                o->iterations, o->memory_kib);
         return NULL;
     }
     auth_hasher *h = xcalloc(1, sizeof *h);

@@ -12,11 +12,11 @@
 #define AUTH_HASH_MAX 128
 
 typedef struct auth_hasher_opts {
-    int workers;        /* threads (>= 1) */
-    int queue;          /* jobs waiting beyond those running (>= 0) */
-    int iterations;     /* argon2id t (opslimit) */
-    int memory_kib;     /* argon2id m in KiB */
-    int nice;           /* worker thread niceness (0 = as the process; > 0 = yield to RPCs) */
+    int workers;    /* threads (>= 1) */
+    int queue;      /* jobs waiting beyond those running (>= 0) */
+    int iterations; /* argon2id t (opslimit) */
+    int memory_kib; /* argon2id m in KiB */
+    int nice;       /* worker thread niceness (0 = as the process; > 0 = yield to RPCs) */
 } auth_hasher_opts;
 
 typedef struct auth_hasher auth_hasher;

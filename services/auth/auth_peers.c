@@ -22,8 +22,7 @@ struct auth_peers {
 };
 
 static rpc_client *client(const char *target, const char *name, int timeout_ms,
-                          const rpc_client_policy *pol, metrics_registry *m, bool undo,
-                          err_info *e)
+                          const rpc_client_policy *pol, metrics_registry *m, bool undo, err_info *e)
 {
     rpc_client_opts o = {.target = target, .name = name, .default_timeout_ms = timeout_ms};
     breaker_opts off = pol->breaker;
@@ -45,12 +44,12 @@ auth_peers *auth_peers_new(const auth_peers_opts *o, metrics_registry *m, err_in
     auth_peers *p = xcalloc(1, sizeof *p);
     p->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
     p->user = client(o->user_addr, "user", p->timeout_ms, &pol, m, false, e);
-    p->perm = p->user ? client(o->permission_addr, "permission", p->timeout_ms, &pol, m, false, e)
-                      : NULL;
-    p->user_undo = p->perm ? client(o->user_addr, "user-undo", p->timeout_ms, &pol, m, true, e)
-                           : NULL;
-    p->perm_undo = p->user_undo ? client(o->permission_addr, "permission-undo", p->timeout_ms,
-                                         &pol, m, true, e)
+    p->perm =
+        p->user ? client(o->permission_addr, "permission", p->timeout_ms, &pol, m, false, e) : NULL;
+    p->user_undo =
+        p->perm ? client(o->user_addr, "user-undo", p->timeout_ms, &pol, m, true, e) : NULL;
+    p->perm_undo = p->user_undo ? client(o->permission_addr, "permission-undo", p->timeout_ms, &pol,
+                                         m, true, e)
                                 : NULL;
     if (!p->perm_undo) {
         auth_peers_free(p);
@@ -147,8 +146,7 @@ static err_code compensate(auth_peers *p, rpc_client *c, const char *method,
         md.traceparent = tp;
     }
     for (int attempt = 0; attempt < 3; attempt++) {
-        rpc_call_opts o = {.md = parent ? &md : NULL,
-                           .deadline_ms = rpc_now_ms() + p->timeout_ms};
+        rpc_call_opts o = {.md = parent ? &md : NULL, .deadline_ms = rpc_now_ms() + p->timeout_ms};
         arena *a = arena_new(0);
         ProtobufCMessage *resp = NULL;
         err_clear(e);

@@ -15,7 +15,8 @@ err_code auth_repo_credential_get(db_conn *c, const char *user_id, arena *a, cha
 {
     const char *p[] = {user_id};
     db_result *r = NULL;
-    err_code rc = db_exec(c, "SELECT password_hash FROM credentials WHERE user_id = $1", 1, p, &r, e);
+    err_code rc =
+        db_exec(c, "SELECT password_hash FROM credentials WHERE user_id = $1", 1, p, &r, e);
     if (rc)
         return rc;
     if (db_result_rows(r) == 0) {
@@ -60,8 +61,7 @@ err_code auth_repo_session_create(db_conn *c, const char *user_id, const char *r
     char ttl[16], max[16];
     snprintf(ttl, sizeof ttl, "%d", refresh_ttl_s);
     snprintf(max, sizeof max, "%d", max_lifetime_s);
-    const char *p[] = {user_id, ttl, max, user_agent ? user_agent : "", ip ? ip : "",
-                       refresh_hash};
+    const char *p[] = {user_id, ttl, max, user_agent ? user_agent : "", ip ? ip : "", refresh_hash};
     db_result *r = NULL;
     /* One statement (atomic on its own): the session and its first refresh token. */
     err_code rc = db_exec(
@@ -141,7 +141,8 @@ err_code auth_repo_session_rotate(db_conn *c, const char *sid, const char *old_h
     if (rc)
         return rc;
     const char *p2[] = {new_hash, sid};
-    rc = db_exec(c, "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)", 2, p2, NULL, e);
+    rc =
+        db_exec(c, "INSERT INTO refresh_tokens (hash, session_id) VALUES ($1, $2)", 2, p2, NULL, e);
     if (rc)
         return rc;
     char ttl[16];
@@ -209,14 +210,14 @@ err_code auth_repo_sessions_list(db_conn *c, const char *user_id, arena *a, auth
 {
     const char *p[] = {user_id};
     db_result *r = NULL;
-    err_code rc = db_exec(
-        c,
-        "SELECT id, user_id, (extract(epoch FROM create_time) * 1000000)::bigint, "
-        "(extract(epoch FROM last_used_time) * 1000000)::bigint, "
-        "(extract(epoch FROM expire_time) * 1000000)::bigint, user_agent, ip FROM sessions "
-        "WHERE user_id = $1 AND revoked_time IS NULL AND expire_time > now() "
-        "AND absolute_expire_time > now() ORDER BY last_used_time DESC, id LIMIT 1000",
-        1, p, &r, e);
+    err_code rc =
+        db_exec(c,
+                "SELECT id, user_id, (extract(epoch FROM create_time) * 1000000)::bigint, "
+                "(extract(epoch FROM last_used_time) * 1000000)::bigint, "
+                "(extract(epoch FROM expire_time) * 1000000)::bigint, user_agent, ip FROM sessions "
+                "WHERE user_id = $1 AND revoked_time IS NULL AND expire_time > now() "
+                "AND absolute_expire_time > now() ORDER BY last_used_time DESC, id LIMIT 1000",
+                1, p, &r, e);
     if (rc)
         return rc;
     size_t rows = (size_t)db_result_rows(r);

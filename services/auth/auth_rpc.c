@@ -51,8 +51,8 @@ const config_opt auth_config_opts[] = {
      31536000, "refresh token lifetime (sliding: each refresh starts it again)"},
     {"SESSION_MAX_LIFETIME_SEC", CONFIG_INT, offsetof(auth_config, session_max_s), "2592000", 10,
      315360000, "absolute lifetime of a session, whatever the refreshes"},
-    {"ARGON2_MEMORY_KIB", CONFIG_INT, offsetof(auth_config, argon2_memory_kib), "19456", 8,
-     4194304, "argon2id memory (KiB); hashes made with other parameters are upgraded on login"},
+    {"ARGON2_MEMORY_KIB", CONFIG_INT, offsetof(auth_config, argon2_memory_kib), "19456", 8, 4194304,
+     "argon2id memory (KiB); hashes made with other parameters are upgraded on login"},
     {"ARGON2_ITERATIONS", CONFIG_INT, offsetof(auth_config, argon2_iterations), "2", 1, 100,
      "argon2id iterations (t)"},
     {"HASH_WORKERS", CONFIG_INT, offsetof(auth_config, hash_workers), "2", 1, 256,
@@ -63,16 +63,16 @@ const config_opt auth_config_opts[] = {
      "niceness of the hash worker threads, so that cheap RPCs win the CPU during a login storm"},
     {"LOGIN_MAX_FAILURES", CONFIG_INT, offsetof(auth_config, login_max_failures), "5", 1, 1000,
      "failed logins per email within the window before it is locked"},
-    {"LOGIN_LOCKOUT_WINDOW_SEC", CONFIG_INT, offsetof(auth_config, login_window_s), "900", 1,
-     86400, "lockout window, from the first failure"},
+    {"LOGIN_LOCKOUT_WINDOW_SEC", CONFIG_INT, offsetof(auth_config, login_window_s), "900", 1, 86400,
+     "lockout window, from the first failure"},
     {"BOOTSTRAP_ADMIN_EMAIL", CONFIG_STR, offsetof(auth_config, bootstrap_email), "", 0, 0,
      "admin account ensured at start (with BOOTSTRAP_ADMIN_PASSWORD); empty = none"},
-    {"BOOTSTRAP_ADMIN_PASSWORD", CONFIG_SECRET, offsetof(auth_config, bootstrap_password), "", 0,
-     0, "its initial password (used only when the account has no credential yet)"},
+    {"BOOTSTRAP_ADMIN_PASSWORD", CONFIG_SECRET, offsetof(auth_config, bootstrap_password), "", 0, 0,
+     "its initial password (used only when the account has no credential yet)"},
     {"AUTH_EVENTS_ENABLED", CONFIG_BOOL, offsetof(auth_config, events_enabled), "true", 0, 0,
      "consume events.user (user.deleted revokes the user's sessions)"},
-    {"AUTH_EVENTS_CLAIM_IDLE_MS", CONFIG_INT, offsetof(auth_config, events_claim_idle_ms),
-     "60000", 0, 86400000, "pending entries idle this long are claimed (XAUTOCLAIM min-idle-time)"},
+    {"AUTH_EVENTS_CLAIM_IDLE_MS", CONFIG_INT, offsetof(auth_config, events_claim_idle_ms), "60000",
+     0, 86400000, "pending entries idle this long are claimed (XAUTOCLAIM min-idle-time)"},
     {"AUTH_EVENTS_CLAIM_INTERVAL_MS", CONFIG_INT, offsetof(auth_config, events_claim_interval_ms),
      "30000", 100, 86400000, "how often to look for such entries"},
 };
@@ -92,7 +92,8 @@ typedef struct auth_app {
     metrics_family *m_hash_queued, *m_hash_running, *m_hash_rejected, *m_hash_done;
     unsigned long last_rejected, last_done;
     /* Calls that hash (Register, Login, ChangePassword) hold an RPC thread while they wait for the
-     * pool: at most heavy_max at once, so that some RPC threads always stay free for cheap calls. */
+     * pool: at most heavy_max at once, so that some RPC threads always stay free for cheap calls.
+     */
     atomic_int heavy;
     int heavy_max;
 } auth_app;
@@ -110,9 +111,15 @@ static bool heavy_enter(rpc_ctx *ctx, err_info *e)
     return true;
 }
 
-static void heavy_leave(rpc_ctx *ctx) { atomic_fetch_sub(&((auth_app *)ctx->state)->heavy, 1); }
+static void heavy_leave(rpc_ctx *ctx)
+{
+    atomic_fetch_sub(&((auth_app *)ctx->state)->heavy, 1);
+}
 
-static auth_service *svc_of(const rpc_ctx *ctx) { return ((auth_app *)ctx->state)->svc; }
+static auth_service *svc_of(const rpc_ctx *ctx)
+{
+    return ((auth_app *)ctx->state)->svc;
+}
 
 /* Internal failures are logged in full here and answered with a generic message: SQL text and
  * peer details stay out of client responses. */
@@ -174,7 +181,11 @@ static bool utf8_len(const char *s, size_t *chars)
     size_t n = 0;
     const unsigned char *p = (const unsigned char *)s;
     while (*p) {
-        int extra = *p < 0x80 ? 0 : (*p >> 5) == 6 ? 1 : (*p >> 4) == 14 ? 2 : (*p >> 3) == 30 ? 3 : -1;
+        int extra = *p < 0x80         ? 0
+                    : (*p >> 5) == 6  ? 1
+                    : (*p >> 4) == 14 ? 2
+                    : (*p >> 3) == 30 ? 3
+                                      : -1;
         if (extra < 0)
             return false;
         p++;
@@ -229,7 +240,10 @@ static void uuid_field(err_info *e, const char *field, const char *v, bool requi
 }
 
 /* Refresh tokens we issue are 43 base64url characters; anything far off is not worth a query. */
-static bool plausible_token(const char *t) { return *t && strlen(t) <= 512; }
+static bool plausible_token(const char *t)
+{
+    return *t && strlen(t) <= 512;
+}
 
 /* ---- mapping ---- */
 
@@ -279,8 +293,8 @@ static err_code h_register(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMes
     memset(&t, 0, sizeof t);
     if (!heavy_enter(ctx, e))
         return ERR_RESOURCE_EXHAUSTED;
-    err_code rc = auth_service_register(svc_of(ctx), ctx, email, req->password, req->display_name,
-                                        &u, &t, e);
+    err_code rc =
+        auth_service_register(svc_of(ctx), ctx, email, req->password, req->display_name, &u, &t, e);
     heavy_leave(ctx);
     if (rc)
         return done(ctx, rc, e);
@@ -362,7 +376,8 @@ static err_code h_logout(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     if (strlen(req->refresh_token) > 512)
         err_violation_add(e, "refresh_token", "is too long");
     if (!*req->refresh_token && !*req->session_id && !*req->jti)
-        err_violation_add(e, "refresh_token", "one of refresh_token, session_id or jti is required");
+        err_violation_add(e, "refresh_token",
+                          "one of refresh_token, session_id or jti is required");
     if (e->nviolations)
         return ERR_INVALID_ARGUMENT;
     err_code rc = auth_service_logout(svc_of(ctx), ctx, req->refresh_token, req->jti,
@@ -387,8 +402,8 @@ static err_code h_logout_all(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCM
     return ERR_OK;
 }
 
-static err_code h_change_password(rpc_ctx *ctx, const ProtobufCMessage *m,
-                                  ProtobufCMessage **resp, err_info *e)
+static err_code h_change_password(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
+                                  err_info *e)
 {
     const Auth__V1__ChangePasswordRequest *req = (const Auth__V1__ChangePasswordRequest *)m;
     char why[128];
@@ -404,9 +419,9 @@ static err_code h_change_password(rpc_ctx *ctx, const ProtobufCMessage *m,
         return ERR_INVALID_ARGUMENT;
     if (!heavy_enter(ctx, e))
         return ERR_RESOURCE_EXHAUSTED;
-    err_code rc = auth_service_change_password(svc_of(ctx), ctx, req->user_id,
-                                               req->current_password, req->new_password,
-                                               req->session_id, e);
+    err_code rc =
+        auth_service_change_password(svc_of(ctx), ctx, req->user_id, req->current_password,
+                                     req->new_password, req->session_id, e);
     heavy_leave(ctx);
     if (rc)
         return done(ctx, rc, e);
@@ -439,7 +454,8 @@ static err_code h_list_sessions(rpc_ctx *ctx, const ProtobufCMessage *m, Protobu
         s->expire_time = ts_pb(ctx->arena, recs[i].expire_us);
         s->user_agent = (char *)recs[i].user_agent;
         s->ip = (char *)recs[i].ip;
-        s->current = *req->current_session_id && strcasecmp(recs[i].id, req->current_session_id) == 0;
+        s->current =
+            *req->current_session_id && strcasecmp(recs[i].id, req->current_session_id) == 0;
         out->sessions[i] = s;
     }
     out->n_sessions = n;
@@ -528,7 +544,9 @@ static err_code h_jwks(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage
 }
 
 #define M(name, req, resp, h)                                                                      \
-    {"/auth.v1.AuthService/" name, &req##__descriptor, &resp##__descriptor, h}
+    {                                                                                              \
+        "/auth.v1.AuthService/" name, &req##__descriptor, &resp##__descriptor, h                   \
+    }
 const rpc_method auth_rpc_methods[] = {
     M("Register", auth__v1__register_request, auth__v1__register_response, h_register),
     M("Login", auth__v1__login_request, auth__v1__token_pair, h_login),
@@ -539,8 +557,7 @@ const rpc_method auth_rpc_methods[] = {
       h_change_password),
     M("ListSessions", auth__v1__list_sessions_request, auth__v1__list_sessions_response,
       h_list_sessions),
-    M("RevokeSession", auth__v1__revoke_session_request, google__protobuf__empty,
-      h_revoke_session),
+    M("RevokeSession", auth__v1__revoke_session_request, google__protobuf__empty, h_revoke_session),
     M("ValidateToken", auth__v1__validate_token_request, auth__v1__validate_token_response,
       h_validate),
     M("GetJwks", auth__v1__get_jwks_request, auth__v1__jwks, h_jwks),
@@ -617,8 +634,9 @@ static void collect(void *arg)
 
 static void metrics_init(auth_app *app, metrics_registry *r)
 {
-    app->m_hash_queued = metrics_family_new(r, METRICS_GAUGE, "auth_hash_queue_length",
-                                            "password hash jobs waiting for a worker", NULL, NULL, 0);
+    app->m_hash_queued =
+        metrics_family_new(r, METRICS_GAUGE, "auth_hash_queue_length",
+                           "password hash jobs waiting for a worker", NULL, NULL, 0);
     app->m_hash_running = metrics_family_new(r, METRICS_GAUGE, "auth_hash_running",
                                              "password hash jobs running", NULL, NULL, 0);
     app->m_hash_rejected =
@@ -642,9 +660,11 @@ err_code auth_rpc_start(svc_env *env, err_info *e)
         app_free(app);
         return e->code ? e->code : ERR_INVALID_ARGUMENT;
     }
-    auth_hasher_opts ho = {.workers = cfg->hash_workers, .queue = cfg->hash_queue,
+    auth_hasher_opts ho = {.workers = cfg->hash_workers,
+                           .queue = cfg->hash_queue,
                            .iterations = cfg->argon2_iterations,
-                           .memory_kib = cfg->argon2_memory_kib, .nice = cfg->hash_nice};
+                           .memory_kib = cfg->argon2_memory_kib,
+                           .nice = cfg->hash_nice};
     app->hasher = auth_hasher_new(&ho, e);
     if (!app->hasher) {
         app_free(app);

@@ -35,13 +35,22 @@ auth_service *auth_service_new(const auth_service_opts *o, db_pool *db, auth_sto
     return s;
 }
 
-void auth_service_free(auth_service *s) { free(s); }
+void auth_service_free(auth_service *s)
+{
+    free(s);
+}
 
-const jwt_keyset *auth_service_keys(const auth_service *s) { return s->keys; }
+const jwt_keyset *auth_service_keys(const auth_service *s)
+{
+    return s->keys;
+}
 
 /* ---- helpers ---- */
 
-static const log_ctx *log_of(const rpc_ctx *ctx) { return ctx ? &ctx->log : NULL; }
+static const log_ctx *log_of(const rpc_ctx *ctx)
+{
+    return ctx ? &ctx->log : NULL;
+}
 
 static err_code acquire(auth_service *s, const rpc_ctx *ctx, db_conn **c, err_info *e)
 {
@@ -52,7 +61,10 @@ static err_code acquire(auth_service *s, const rpc_ctx *ctx, db_conn **c, err_in
     return rc;
 }
 
-static int revoke_ttl(const auth_service *s) { return s->o.access_ttl_s + s->o.leeway_s; }
+static int revoke_ttl(const auth_service *s)
+{
+    return s->o.access_ttl_s + s->o.leeway_s;
+}
 
 static void uuid4(char out[AUTH_UUID_LEN + 1])
 {
@@ -79,10 +91,11 @@ static char *new_refresh(arena *a, char hash[AUTH_TOKEN_HASH_HEX + 1])
 {
     unsigned char raw[32];
     randombytes_buf(raw, sizeof raw);
-    char *tok = arena_alloc(a, sodium_base64_ENCODED_LEN(sizeof raw,
-                                                         sodium_base64_VARIANT_URLSAFE_NO_PADDING));
-    sodium_bin2base64(tok, sodium_base64_ENCODED_LEN(sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING),
-                      raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    char *tok = arena_alloc(
+        a, sodium_base64_ENCODED_LEN(sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING));
+    sodium_bin2base64(
+        tok, sodium_base64_ENCODED_LEN(sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING), raw,
+        sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     sodium_memzero(raw, sizeof raw);
     refresh_hash(tok, hash);
     return tok;
@@ -197,8 +210,8 @@ err_code auth_service_register(auth_service *s, rpc_ctx *ctx, const char *email,
         db_conn *c2 = NULL;
         if (acquire(s, NULL, &c2, &ce) == ERR_OK) {
             if (auth_repo_credential_delete(c2, u->id, &ce))
-                log_error(log_of(ctx), "register compensation: delete credential of %s: %s",
-                          u->id, ce.msg);
+                log_error(log_of(ctx), "register compensation: delete credential of %s: %s", u->id,
+                          ce.msg);
             db_release(s->db, c2);
         } else {
             log_error(log_of(ctx), "register compensation: delete credential of %s: %s", u->id,
@@ -476,8 +489,8 @@ err_code auth_service_logout_all(auth_service *s, rpc_ctx *ctx, const char *user
 }
 
 err_code auth_service_change_password(auth_service *s, rpc_ctx *ctx, const char *user_id,
-                                      const char *current, const char *new_pw,
-                                      const char *keep_sid, err_info *e)
+                                      const char *current, const char *new_pw, const char *keep_sid,
+                                      err_info *e)
 {
     db_conn *c = NULL;
     err_code rc = acquire(s, ctx, &c, e);

@@ -52,8 +52,8 @@ err_code auth_service_logout(auth_service *s, rpc_ctx *ctx, const char *refresh,
                              const char *session_id, const char *user_id, err_info *e);
 err_code auth_service_logout_all(auth_service *s, rpc_ctx *ctx, const char *user_id, err_info *e);
 err_code auth_service_change_password(auth_service *s, rpc_ctx *ctx, const char *user_id,
-                                      const char *current, const char *new_pw,
-                                      const char *keep_sid, err_info *e);
+                                      const char *current, const char *new_pw, const char *keep_sid,
+                                      err_info *e);
 err_code auth_service_list_sessions(auth_service *s, rpc_ctx *ctx, const char *user_id,
                                     auth_session_rec **out, size_t *n, err_info *e);
 err_code auth_service_revoke_session(auth_service *s, rpc_ctx *ctx, const char *sid,

@@ -19,7 +19,10 @@ auth_store *auth_store_new(cache *c)
     return s;
 }
 
-void auth_store_free(auth_store *s) { free(s); }
+void auth_store_free(auth_store *s)
+{
+    free(s);
+}
 
 /* Runs argv; an error reply becomes ERR_UNAVAILABLE (we only send commands that cannot fail on
  * well-formed input, so an error means a Redis in trouble: fail closed). */
@@ -66,7 +69,7 @@ err_code auth_store_revoke_sids(auth_store *s, const char *const *sids, size_t n
     snprintf(ttl, sizeof ttl, "%d", ttl_s > 0 ? ttl_s : 1);
     int *argcs = xcalloc(n, sizeof *argcs);
     const char ***argvs = xcalloc(n, sizeof *argvs);
-    char (*keys)[96] = xcalloc(n, sizeof *keys);
+    char(*keys)[96] = xcalloc(n, sizeof *keys);
     cache_reply **out = xcalloc(n, sizeof *out);
     for (size_t i = 0; i < n; i++) {
         snprintf(keys[i], sizeof keys[i], "revoked:sid:%s", sids[i]);
@@ -117,8 +120,8 @@ static bool parse_ll(const char *s, size_t len, long long *out)
     return true;
 }
 
-err_code auth_store_is_revoked(auth_store *s, const char *jti, const char *sid,
-                               const char *user_id, int64_t iat, bool *revoked, err_info *e)
+err_code auth_store_is_revoked(auth_store *s, const char *jti, const char *sid, const char *user_id,
+                               int64_t iat, bool *revoked, err_info *e)
 {
     char k1[128], k2[128], k3[128];
     snprintf(k1, sizeof k1, "revoked:jti:%s", jti);
@@ -170,7 +173,8 @@ err_code auth_store_login_failures(auth_store *s, const char *email, int window_
         } else if (cache_reply_kind(out[0]) == CACHE_REPLY_ERROR) {
             rc = err_set(e, ERR_UNAVAILABLE, "redis GET failed");
         }
-        long long ttl = cache_reply_kind(out[1]) == CACHE_REPLY_INTEGER ? cache_reply_int(out[1]) : -2;
+        long long ttl =
+            cache_reply_kind(out[1]) == CACHE_REPLY_INTEGER ? cache_reply_int(out[1]) : -2;
         *count = (long)n;
         *ttl_s = ttl > 0 ? (int)ttl : 1;
         if (rc == ERR_OK && ttl == -1) {

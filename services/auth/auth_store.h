@@ -26,8 +26,8 @@ err_code auth_store_revoke_sids(auth_store *s, const char *const *sids, size_t n
 err_code auth_store_revoke_before(auth_store *s, const char *user_id, int64_t now, int ttl_s,
                                   err_info *e);
 /* One MGET of the three keys; *revoked = jti or sid denied, or iat < revoked_before. */
-err_code auth_store_is_revoked(auth_store *s, const char *jti, const char *sid,
-                               const char *user_id, int64_t iat, bool *revoked, err_info *e);
+err_code auth_store_is_revoked(auth_store *s, const char *jti, const char *sid, const char *user_id,
+                               int64_t iat, bool *revoked, err_info *e);
 
 /* Lockout. *count = failures recorded in the current window, *ttl_s = seconds left in it. A
  * counter found without expiry (an EXPIRE lost after its INCR) is given window_s, so a lock can

@@ -57,9 +57,9 @@ static void perm_metrics_register(perm_state *st, metrics_registry *r)
     static const char *const hit[] = {"hit"}, *const miss[] = {"miss"};
     perm_metrics *m = xcalloc(1, sizeof *m);
     m->svc = st->svc;
-    metrics_family *f = metrics_family_new(r, METRICS_COUNTER, "permission_cache_requests_total",
-                                           "Check lookups in the in-process cache, by result.",
-                                           labels, NULL, 0);
+    metrics_family *f =
+        metrics_family_new(r, METRICS_COUNTER, "permission_cache_requests_total",
+                           "Check lookups in the in-process cache, by result.", labels, NULL, 0);
     m->hit = metrics_series_get(f, hit);
     m->miss = metrics_series_get(f, miss);
     f = metrics_family_new(r, METRICS_COUNTER, "permission_cache_evictions_total",

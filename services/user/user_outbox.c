@@ -69,9 +69,18 @@ void user_outbox_wake(user_outbox *ob)
     pthread_mutex_unlock(&ob->mu);
 }
 
-long user_outbox_backlog(user_outbox *ob) { return atomic_load(&ob->backlog); }
-uint64_t user_outbox_sent_total(user_outbox *ob) { return atomic_load(&ob->sent); }
-uint64_t user_outbox_errors_total(user_outbox *ob) { return atomic_load(&ob->errors); }
+long user_outbox_backlog(user_outbox *ob)
+{
+    return atomic_load(&ob->backlog);
+}
+uint64_t user_outbox_sent_total(user_outbox *ob)
+{
+    return atomic_load(&ob->sent);
+}
+uint64_t user_outbox_errors_total(user_outbox *ob)
+{
+    return atomic_load(&ob->errors);
+}
 
 /* XADD one event; ERR_UNAVAILABLE on transport failure or an error reply. */
 static err_code publish(user_outbox *ob, const user_event *ev, err_info *e)
@@ -225,7 +234,7 @@ static void *relay_main(void *arg)
             fails++;
             if (fails == 1 || fails % 30 == 0)
                 log_warn(NULL, "outbox relay failed (attempt %d, backlog %ld): %s", fails,
-                            atomic_load(&ob->backlog), e.msg);
+                         atomic_load(&ob->backlog), e.msg);
             wait_ms = 100 << (fails < 6 ? fails : 6);
             if (wait_ms > BACKOFF_MAX_MS)
                 wait_ms = BACKOFF_MAX_MS;

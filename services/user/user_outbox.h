@@ -16,9 +16,9 @@
 typedef struct user_outbox user_outbox;
 
 typedef struct user_outbox_opts {
-    int poll_ms;      /* wait between polls when not woken (OUTBOX_POLL_MS) */
-    int batch;        /* rows per transaction (OUTBOX_BATCH) */
-    int retention_s;  /* sent rows older than this are deleted (OUTBOX_RETENTION_SEC; 0 = keep) */
+    int poll_ms;        /* wait between polls when not woken (OUTBOX_POLL_MS) */
+    int batch;          /* rows per transaction (OUTBOX_BATCH) */
+    int retention_s;    /* sent rows older than this are deleted (OUTBOX_RETENTION_SEC; 0 = keep) */
     long stream_maxlen; /* XADD MAXLEN ~ cap of the stream (OUTBOX_STREAM_MAXLEN; 0 = no cap) */
 } user_outbox_opts;
 

@@ -66,7 +66,8 @@ char *user_page_token_encode(arena *a, const user_page_key *key, const user_curs
         memset(buf + 9, 0, 16);
     filter_digest(f, show_deleted, buf + 25);
     crypto_auth_hmacsha256(buf + PAYLOAD_BYTES, buf, PAYLOAD_BYTES, key->k);
-    size_t outlen = sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    size_t outlen =
+        sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     char *out = arena_alloc(a, outlen);
     sodium_bin2base64(out, outlen, buf, TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     return out;

@@ -10,8 +10,8 @@
 
 #define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 #define USER_COLS                                                                                  \
-    "id::text, email, display_name, status, " US("create_time") ", " US("update_time") ", "        \
-    US("delete_time") ", version"
+    "id::text, email, display_name, status, " US("create_time") ", " US("update_time") ", " US(    \
+        "delete_time") ", version"
 
 static int64_t to_i64(const char *s)
 {
@@ -90,8 +90,7 @@ err_code user_repo_get(db_conn *c, arena *a, const char *id, user_rec *out, err_
                     1, p, out, e);
 }
 
-err_code user_repo_get_for_update(db_conn *c, arena *a, const char *id, user_rec *out,
-                                  err_info *e)
+err_code user_repo_get_for_update(db_conn *c, arena *a, const char *id, user_rec *out, err_info *e)
 {
     const char *p[] = {id};
     return one_user(c, a,
@@ -100,8 +99,7 @@ err_code user_repo_get_for_update(db_conn *c, arena *a, const char *id, user_rec
                     1, p, out, e);
 }
 
-err_code user_repo_get_by_email(db_conn *c, arena *a, const char *email, user_rec *out,
-                                err_info *e)
+err_code user_repo_get_by_email(db_conn *c, arena *a, const char *email, user_rec *out, err_info *e)
 {
     const char *p[] = {email};
     return one_user(c, a,
@@ -154,8 +152,8 @@ err_code user_repo_list(db_conn *c, arena *a, const user_filter *f, int show_del
     char st[8], lim[16], us[24];
     snprintf(st, sizeof st, "%d", f->status);
     snprintf(lim, sizeof lim, "%d", limit);
-    const char *p[6] = {f->status ? st : NULL, f->email_prefix, show_deleted ? "true" : "false",
-                        lim, NULL, NULL};
+    const char *p[6] = {
+        f->status ? st : NULL, f->email_prefix, show_deleted ? "true" : "false", lim, NULL, NULL};
     if (!after)
         return many_users(c, a,
                           "SELECT " USER_COLS LIST_WHERE " ORDER BY create_time, id LIMIT $4::int",
@@ -246,8 +244,7 @@ err_code user_repo_outbox_claim(db_conn *c, arena *a, int limit, user_event **ou
     return ERR_OK;
 }
 
-err_code user_repo_outbox_mark_sent(db_conn *c, arena *a, const int64_t *ids, size_t n,
-                                    err_info *e)
+err_code user_repo_outbox_mark_sent(db_conn *c, arena *a, const int64_t *ids, size_t n, err_info *e)
 {
     const char **txt = arena_alloc(a, sizeof *txt * (n ? n : 1));
     for (size_t i = 0; i < n; i++)

@@ -18,8 +18,7 @@ err_code user_repo_insert(db_conn *c, arena *a, const char *email, const char *d
 /* A live (not deleted) user by id; ERR_NOT_FOUND otherwise. */
 err_code user_repo_get(db_conn *c, arena *a, const char *id, user_rec *out, err_info *e);
 /* Same, locking the row FOR UPDATE (inside a transaction). */
-err_code user_repo_get_for_update(db_conn *c, arena *a, const char *id, user_rec *out,
-                                  err_info *e);
+err_code user_repo_get_for_update(db_conn *c, arena *a, const char *id, user_rec *out, err_info *e);
 /* A live user by normalised email; ERR_NOT_FOUND otherwise. */
 err_code user_repo_get_by_email(db_conn *c, arena *a, const char *email, user_rec *out,
                                 err_info *e);

@@ -23,8 +23,8 @@ const config_opt user_config_opts[] = {
      "outbox events relayed per transaction"},
     {"OUTBOX_RETENTION_SEC", CONFIG_INT, offsetof(user_config, outbox_retention_s), "604800", 0,
      31536000, "sent outbox rows are deleted after this long (0 = keep)"},
-    {"OUTBOX_STREAM_MAXLEN", CONFIG_INT, offsetof(user_config, outbox_stream_maxlen), "1000000",
-     0, 100000000, "approximate cap (XADD MAXLEN ~) of the events.user stream; 0 = no cap"},
+    {"OUTBOX_STREAM_MAXLEN", CONFIG_INT, offsetof(user_config, outbox_stream_maxlen), "1000000", 0,
+     100000000, "approximate cap (XADD MAXLEN ~) of the events.user stream; 0 = no cap"},
 };
 const size_t user_config_nopts = sizeof user_config_opts / sizeof user_config_opts[0];
 
@@ -37,7 +37,10 @@ static user_call call_of(const rpc_ctx *ctx)
     return c;
 }
 
-static user_service *svc_of(const rpc_ctx *ctx) { return ((user_app *)ctx->state)->svc; }
+static user_service *svc_of(const rpc_ctx *ctx)
+{
+    return ((user_app *)ctx->state)->svc;
+}
 
 /* Database and other internal failures are logged in full here and answered with a generic
  * message: SQL text and server details stay out of client responses. */
@@ -73,8 +76,7 @@ static err_code h_create(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     return ERR_OK;
 }
 
-static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
-                      err_info *e)
+static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp, err_info *e)
 {
     const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
     char id[USER_ID_LEN + 1];
@@ -132,8 +134,8 @@ static err_code h_batch_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMe
     user_call call = call_of(ctx);
     user_rec *recs = NULL;
     size_t n = 0;
-    err_code rc = user_service_batch_get(svc_of(ctx), &call, ctx->arena,
-                                         (const char *const *)ids, req->n_ids, &recs, &n, e);
+    err_code rc = user_service_batch_get(svc_of(ctx), &call, ctx->arena, (const char *const *)ids,
+                                         req->n_ids, &recs, &n, e);
     if (rc)
         return done(ctx, rc, e);
     User__V1__BatchGetUsersResponse *out = arena_alloc(ctx->arena, sizeof *out);
@@ -199,7 +201,8 @@ static err_code h_update(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     user_update u = {.id = id, .etag = req->user->etag};
     char why[128];
     if (!req->update_mask || req->update_mask->n_paths == 0)
-        err_violation_add(e, "update_mask", "must name at least one of display_name, status, email");
+        err_violation_add(e, "update_mask",
+                          "must name at least one of display_name, status, email");
     for (size_t i = 0; req->update_mask && i < req->update_mask->n_paths; i++) {
         const char *p = req->update_mask->paths[i];
         if (strcmp(p, "display_name") == 0 || strcmp(p, "displayName") == 0)
@@ -221,7 +224,8 @@ static err_code h_update(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     if (u.mask & USER_UPD_STATUS) {
         u.status = (int)req->user->status;
         if (u.status != USER_STATUS_ACTIVE && u.status != USER_STATUS_DISABLED)
-            err_violation_add(e, "user.status", "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED");
+            err_violation_add(e, "user.status",
+                              "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED");
     }
     if (e->nviolations)
         return ERR_INVALID_ARGUMENT;
@@ -269,8 +273,7 @@ const rpc_method user_rpc_methods[] = {
 };
 const size_t user_rpc_nmethods = sizeof user_rpc_methods / sizeof user_rpc_methods[0];
 
-user_app *user_app_new(db_pool *db, cache *c, const user_config *cfg, bool start_relay,
-                       err_info *e)
+user_app *user_app_new(db_pool *db, cache *c, const user_config *cfg, bool start_relay, err_info *e)
 {
     static const user_config defaults = {.cache_ttl_s = 300,
                                          .page_token_secret = "",
@@ -365,9 +368,9 @@ void user_rpc_metrics_register(user_app *app, metrics_registry *r)
         return;
     user_metrics *m = xcalloc(1, sizeof *m);
     m->app = app;
-    metrics_family *f = metrics_family_new(r, METRICS_GAUGE, "outbox_backlog",
-                                           "Outbox events not yet published to events.user", NULL,
-                                           NULL, 0);
+    metrics_family *f =
+        metrics_family_new(r, METRICS_GAUGE, "outbox_backlog",
+                           "Outbox events not yet published to events.user", NULL, NULL, 0);
     m->backlog = metrics_series_get(f, NULL);
     f = metrics_family_new(r, METRICS_COUNTER, "user_outbox_published_total",
                            "Outbox events published to events.user", NULL, NULL, 0);

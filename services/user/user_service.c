@@ -26,7 +26,10 @@ user_service *user_service_new(const user_service_opts *o)
     return s;
 }
 
-void user_service_free(user_service *s) { free(s); }
+void user_service_free(user_service *s)
+{
+    free(s);
+}
 
 static const char *actor_of(const user_call *call)
 {
@@ -76,8 +79,8 @@ err_code user_service_create(user_service *s, const user_call *call, arena *a, c
     if (!rc)
         rc = user_repo_insert(c, a, email, display_name, USER_STATUS_ACTIVE, &u, e);
     if (!rc)
-        rc = user_repo_audit(c, actor_of(call), "user.create", u.id, fields, 3, call->request_id,
-                             e);
+        rc =
+            user_repo_audit(c, actor_of(call), "user.create", u.id, fields, 3, call->request_id, e);
     if (!rc)
         rc = user_repo_outbox_add(c, "user.created", u.id, e);
     rc = finish_tx(s, c, rc, e);
@@ -155,8 +158,8 @@ err_code user_service_list(user_service *s, const user_call *call, arena *a,
     user_rec *rows = NULL;
     size_t n = 0;
     /* One row more than the page tells whether another page exists. */
-    rc = user_repo_list(c, a, &req->filter, req->show_deleted, after, req->page_size + 1, &rows,
-                        &n, e);
+    rc = user_repo_list(c, a, &req->filter, req->show_deleted, after, req->page_size + 1, &rows, &n,
+                        e);
     db_release(s->db, c);
     if (rc)
         return rc;
@@ -165,16 +168,15 @@ err_code user_service_list(user_service *s, const user_call *call, arena *a,
         n = (size_t)req->page_size;
         user_cursor last = {.create_us = rows[n - 1].create_us};
         memcpy(last.id, rows[n - 1].id, sizeof last.id);
-        *next_token =
-            user_page_token_encode(a, &s->key, &last, &req->filter, req->show_deleted);
+        *next_token = user_page_token_encode(a, &s->key, &last, &req->filter, req->show_deleted);
     }
     *out = rows;
     *nout = n;
     return ERR_OK;
 }
 
-err_code user_service_update(user_service *s, const user_call *call, arena *a,
-                             const user_update *u, user_rec *out, err_info *e)
+err_code user_service_update(user_service *s, const user_call *call, arena *a, const user_update *u,
+                             user_rec *out, err_info *e)
 {
     db_conn *c;
     err_code rc = acquire(s, call, &c, e);
@@ -200,8 +202,8 @@ err_code user_service_update(user_service *s, const user_call *call, arena *a,
         rc = user_repo_update(c, a, u->id, email, name, status, &upd, e);
     }
     if (!rc)
-        rc = user_repo_audit(c, actor_of(call), "user.update", u->id, fields, nf,
-                             call->request_id, e);
+        rc = user_repo_audit(c, actor_of(call), "user.update", u->id, fields, nf, call->request_id,
+                             e);
     if (!rc)
         rc = user_repo_outbox_add(c, "user.updated", u->id, e);
     rc = finish_tx(s, c, rc, e);
@@ -231,8 +233,7 @@ err_code user_service_delete(user_service *s, const user_call *call, arena *a, c
     if (!rc)
         rc = user_repo_soft_delete(c, a, id, &del, e);
     if (!rc)
-        rc = user_repo_audit(c, actor_of(call), "user.delete", id, fields, 1, call->request_id,
-                             e);
+        rc = user_repo_audit(c, actor_of(call), "user.delete", id, fields, 1, call->request_id, e);
     if (!rc)
         rc = user_repo_outbox_add(c, "user.deleted", id, e);
     rc = finish_tx(s, c, rc, e);

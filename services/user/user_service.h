@@ -74,8 +74,8 @@ err_code user_service_batch_get(user_service *s, const user_call *call, arena *a
 err_code user_service_list(user_service *s, const user_call *call, arena *a,
                            const user_list_req *req, user_rec **out, size_t *nout,
                            const char **next_token, err_info *e);
-err_code user_service_update(user_service *s, const user_call *call, arena *a,
-                             const user_update *u, user_rec *out, err_info *e);
+err_code user_service_update(user_service *s, const user_call *call, arena *a, const user_update *u,
+                             user_rec *out, err_info *e);
 err_code user_service_delete(user_service *s, const user_call *call, arena *a, const char *id,
                              const char *etag, err_info *e);
 

@@ -20,9 +20,15 @@ user_store *user_store_new(cache *c, int ttl_s)
     return s;
 }
 
-void user_store_free(user_store *s) { free(s); }
+void user_store_free(user_store *s)
+{
+    free(s);
+}
 
-static void key_of(const char *id, char *buf, size_t len) { snprintf(buf, len, "user:%s", id); }
+static void key_of(const char *id, char *buf, size_t len)
+{
+    snprintf(buf, len, "user:%s", id);
+}
 
 static void count_error(user_store *s, const char *op, const err_info *e, const log_ctx *lc)
 {

@@ -10,8 +10,8 @@
 #include "common/mem.h"
 #include "user_model.h"
 
-#define USER_EMAIL_MAX 254     /* bytes, after trimming */
-#define USER_NAME_MAX 100      /* characters (code points) */
+#define USER_EMAIL_MAX 254 /* bytes, after trimming */
+#define USER_NAME_MAX 100  /* characters (code points) */
 #define USER_PAGE_DEFAULT 50
 #define USER_PAGE_MAX 1000
 #define USER_BATCH_MAX 1000

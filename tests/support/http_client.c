@@ -1,5 +1,5 @@
-/* http_client (tests): one request per connection, read to EOF, split headers and body (Content-Length or
- * chunked is not needed: the gateway always sends Content-Length). */
+/* http_client (tests): one request per connection, read to EOF, split headers and body
+ * (Content-Length or chunked is not needed: the gateway always sends Content-Length). */
 #include "http_client.h"
 
 #include <arpa/inet.h>
@@ -101,10 +101,9 @@ void http_do(int port, const char *method, const char *path, const char *extra, 
 {
     size_t cap = 1024 + (extra ? strlen(extra) : 0) + body_len + strlen(path);
     char *req = malloc(cap);
-    int n = snprintf(req, cap,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s",
-                     method, path, extra ? extra : "", body ? "Content-Type: application/json\r\n" : "",
-                     "");
+    int n = snprintf(req, cap, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s",
+                     method, path, extra ? extra : "",
+                     body ? "Content-Type: application/json\r\n" : "", "");
     if (body)
         n += snprintf(req + n, cap - (size_t)n, "Content-Length: %zu\r\n", body_len);
     n += snprintf(req + n, cap - (size_t)n, "\r\n");

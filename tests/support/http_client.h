@@ -5,9 +5,9 @@
 #include <stddef.h>
 
 typedef struct http_resp {
-    int status;       /* 0 on a transport failure or time-out */
-    char *headers;    /* raw header block (malloc'ed) */
-    char *body;       /* malloc'ed, NUL-terminated */
+    int status;    /* 0 on a transport failure or time-out */
+    char *headers; /* raw header block (malloc'ed) */
+    char *body;    /* malloc'ed, NUL-terminated */
     size_t body_len;
     long long sent_ms; /* CLOCK_MONOTONIC ms when the whole request had been sent (0 = never) */
 } http_resp;

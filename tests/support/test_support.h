@@ -45,7 +45,8 @@ int ts_free_port(void);
 /* Starts a program (argv[0] a path) with extra environment entries "K=V" (NULL-terminated, may be
  * NULL) added to ours; stdout/stderr go to log_path (appended) when not NULL. Returns the pid.
  * The child gets PR_SET_PDEATHSIG = SIGKILL, so it dies with a crashed test program. Linux sends
- * it when the forking *thread* ends: spawn from the main thread (or one that outlives the child). */
+ * it when the forking *thread* ends: spawn from the main thread (or one that outlives the child).
+ */
 int ts_spawn(char *const argv[], char *const extra_env[], const char *log_path);
 /* Waits until 127.0.0.1:port accepts a TCP connection; returns 0, or -1 after timeout_ms. */
 int ts_wait_port(int port, int timeout_ms);
@@ -68,24 +69,24 @@ typedef enum ts_svc { TS_PERM, TS_USER, TS_AUTH, TS_GW, TS_NSVC } ts_svc;
 #define TS_STACK_MAX_ENV 32
 
 typedef struct ts_stack_opts {
-    const char *dbname;         /* fresh database (ts_fresh_db), e.g. "t_fault_breaker" */
-    int redis_db;               /* every binary uses this Redis db (flushed at start) */
-    const char *admin_email;    /* BOOTSTRAP_ADMIN_EMAIL / _PASSWORD for auth (NULL = none) */
+    const char *dbname;      /* fresh database (ts_fresh_db), e.g. "t_fault_breaker" */
+    int redis_db;            /* every binary uses this Redis db (flushed at start) */
+    const char *admin_email; /* BOOTSTRAP_ADMIN_EMAIL / _PASSWORD for auth (NULL = none) */
     const char *admin_password;
     /* Extra "K=V" entries (NULL-terminated, may be NULL): for all four, then per binary (later
      * entries win: they are put in the environment after the defaults). */
     char *const *env_all;
     char *const *env[TS_NSVC];
-    int ready_timeout_ms;       /* wait for the gateway's /ready 200 (default 30000) */
+    int ready_timeout_ms; /* wait for the gateway's /ready 200 (default 30000) */
 } ts_stack_opts;
 
 typedef struct ts_stack {
-    char dir[128];              /* private temp dir: keys/ and stack.log */
-    char log[256];              /* every binary's output (appended) */
-    int port[TS_NSVC];          /* gRPC ports of the services, HTTP port of the gateway */
-    int metrics_port[TS_NSVC];  /* services' METRICS_ADDR (0 for the gateway: /metrics on port) */
-    char addr[TS_NSVC][32];     /* "127.0.0.1:<port>" */
-    int pid[TS_NSVC];           /* 0 when not running */
+    char dir[128];             /* private temp dir: keys/ and stack.log */
+    char log[256];             /* every binary's output (appended) */
+    int port[TS_NSVC];         /* gRPC ports of the services, HTTP port of the gateway */
+    int metrics_port[TS_NSVC]; /* services' METRICS_ADDR (0 for the gateway: /metrics on port) */
+    char addr[TS_NSVC][32];    /* "127.0.0.1:<port>" */
+    int pid[TS_NSVC];          /* 0 when not running */
     char envbuf[TS_NSVC][TS_STACK_MAX_ENV][512];
     char *envp[TS_NSVC][TS_STACK_MAX_ENV + 1];
 } ts_stack;

@@ -9,7 +9,11 @@
 #include "common/err.h"
 
 /* Values are the circuit_breaker_state{target} gauge: 0 closed, 1 open, 2 half-open. */
-typedef enum breaker_state { BREAKER_CLOSED = 0, BREAKER_OPEN = 1, BREAKER_HALF_OPEN = 2 } breaker_state;
+typedef enum breaker_state {
+    BREAKER_CLOSED = 0,
+    BREAKER_OPEN = 1,
+    BREAKER_HALF_OPEN = 2
+} breaker_state;
 
 typedef enum breaker_mode {
     BREAKER_NORMAL = 0,
@@ -19,15 +23,15 @@ typedef enum breaker_mode {
 
 /* Zero in a numeric field means its default (so `breaker_opts o = {.target = "user"}` works). */
 typedef struct breaker_opts {
-    const char *target;          /* name for logs and metrics; copied */
-    int window;                  /* last N calls considered (20) */
-    int min_calls;               /* calls in the window before it may trip (10; capped at window) */
-    int failure_rate_pct;        /* trips when failures * 100 >= pct * calls (50) */
-    int slow_call_ms;            /* a call this long or longer is slow; 0 = slow calls ignored */
-    int slow_call_rate_pct;      /* trips when slow * 100 >= pct * calls (100) */
-    int open_wait_ms;            /* time open before half-open (10000) */
-    int half_open_calls;         /* trial calls permitted in half-open (3) */
-    breaker_mode mode;           /* BREAKER_NORMAL */
+    const char *target;     /* name for logs and metrics; copied */
+    int window;             /* last N calls considered (20) */
+    int min_calls;          /* calls in the window before it may trip (10; capped at window) */
+    int failure_rate_pct;   /* trips when failures * 100 >= pct * calls (50) */
+    int slow_call_ms;       /* a call this long or longer is slow; 0 = slow calls ignored */
+    int slow_call_rate_pct; /* trips when slow * 100 >= pct * calls (100) */
+    int open_wait_ms;       /* time open before half-open (10000) */
+    int half_open_calls;    /* trial calls permitted in half-open (3) */
+    breaker_mode mode;      /* BREAKER_NORMAL */
     int64_t (*now_ms)(void *arg); /* monotonic milliseconds; NULL = CLOCK_MONOTONIC */
     void *clock_arg;
     /* Called once per transition, outside the breaker's lock (it may call breaker_* getters);
@@ -40,9 +44,9 @@ typedef struct breaker breaker;
 
 typedef struct breaker_stats {
     breaker_state state;
-    uint64_t rejected;         /* calls refused by breaker_allow */
-    uint64_t transitions;      /* state changes of any kind */
-    uint64_t opened;           /* transitions into OPEN (trips) */
+    uint64_t rejected;                              /* calls refused by breaker_allow */
+    uint64_t transitions;                           /* state changes of any kind */
+    uint64_t opened;                                /* transitions into OPEN (trips) */
     int window_calls, window_failures, window_slow; /* current closed-state window */
 } breaker_stats;
 

@@ -1,4 +1,5 @@
-/* cache: the Redis client (hiredis): one connection per thread, reconnect with backoff, timeouts. */
+/* cache: the Redis client (hiredis): one connection per thread, reconnect with backoff, timeouts.
+ */
 #ifndef COMMON_CACHE_H
 #define COMMON_CACHE_H
 
@@ -12,9 +13,9 @@ typedef struct cache cache;
 typedef struct cache_reply cache_reply;
 
 typedef struct cache_opts {
-    const char *url;        /* redis://host:port[/db] */
-    int timeout_ms;         /* connect and command timeout */
-    int backoff_max_ms;     /* a thread whose connection failed retries after a growing wait, capped */
+    const char *url;    /* redis://host:port[/db] */
+    int timeout_ms;     /* connect and command timeout */
+    int backoff_max_ms; /* a thread whose connection failed retries after a growing wait, capped */
 } cache_opts;
 
 typedef struct cache_stats {
@@ -53,7 +54,7 @@ err_code cache_pipeline(cache *c, int ncmds, const int *argcs, const char ***arg
 cache_reply_type cache_reply_kind(const cache_reply *r);
 long long cache_reply_int(const cache_reply *r);
 const char *cache_reply_str(const cache_reply *r, size_t *len); /* string, status or error text */
-size_t cache_reply_len(const cache_reply *r);                    /* array elements */
+size_t cache_reply_len(const cache_reply *r);                   /* array elements */
 const cache_reply *cache_reply_at(const cache_reply *r, size_t i);
 void cache_reply_free(cache_reply *r); /* NULL ok */
 

@@ -1,4 +1,5 @@
-/* config: a typed table of options read once from the environment, validated, logged with secrets masked. */
+/* config: a typed table of options read once from the environment, validated, logged with secrets
+ * masked. */
 #ifndef COMMON_CONFIG_H
 #define COMMON_CONFIG_H
 
@@ -15,7 +16,7 @@ typedef enum config_type {
 } config_type;
 
 typedef struct config_opt {
-    const char *env;  /* variable name, e.g. "DB_POOL_SIZE" */
+    const char *env; /* variable name, e.g. "DB_POOL_SIZE" */
     config_type type;
     size_t offset;    /* offsetof(struct, field) */
     const char *def;  /* default as text; NULL = required (for strings: "" allowed) */

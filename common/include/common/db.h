@@ -14,13 +14,13 @@ typedef struct db_conn db_conn;
 typedef struct db_result db_result;
 
 typedef struct db_pool_opts {
-    const char *conninfo;     /* libpq URL or key=value string */
-    const char *schema;       /* search_path set on each connection, e.g. "users" */
-    int size;                 /* fixed number of connections (opened lazily, capped) */
-    int acquire_timeout_ms;   /* wait at most this long for a free connection */
-    int statement_timeout_ms; /* SET statement_timeout on each connection; 0 = none */
-    int connect_timeout_s;    /* libpq connect_timeout; 0 = 5 */
-    int slow_query_ms;        /* queries slower than this are logged (warn); 0 = off */
+    const char *conninfo;         /* libpq URL or key=value string */
+    const char *schema;           /* search_path set on each connection, e.g. "users" */
+    int size;                     /* fixed number of connections (opened lazily, capped) */
+    int acquire_timeout_ms;       /* wait at most this long for a free connection */
+    int statement_timeout_ms;     /* SET statement_timeout on each connection; 0 = none */
+    int connect_timeout_s;        /* libpq connect_timeout; 0 = 5 */
+    int slow_query_ms;            /* queries slower than this are logged (warn); 0 = off */
     const char *application_name; /* pg_stat_activity name; NULL = program name (a conninfo
                                      application_name wins) */
 } db_pool_opts;

@@ -1,4 +1,5 @@
-/* err: the one error type of the project (codes = gRPC status codes) and the message that travels with it. */
+/* err: the one error type of the project (codes = gRPC status codes) and the message that travels
+ * with it. */
 #ifndef COMMON_ERR_H
 #define COMMON_ERR_H
 

@@ -26,7 +26,8 @@ typedef struct jwt_claims {
 jwt_keyset *jwt_keyset_load_dir(const char *dir, err_info *e);
 /* A verify-only keyset from a JWKS JSON document (the gateway, from auth's GetJwks). */
 jwt_keyset *jwt_keyset_from_jwks(const char *json, size_t len, err_info *e);
-/* Adds a public key (x, y base64url P-256 coordinates) under kid; replaces a key of the same kid. */
+/* Adds a public key (x, y base64url P-256 coordinates) under kid; replaces a key of the same kid.
+ */
 err_code jwt_keyset_add_public(jwt_keyset *ks, const char *kid, const char *x_b64url,
                                const char *y_b64url, err_info *e);
 void jwt_keyset_free(jwt_keyset *ks);
@@ -39,10 +40,10 @@ bool jwt_keyset_has_kid(const jwt_keyset *ks, const char *kid);
 err_code jwt_sign(const jwt_keyset *ks, const jwt_claims *c, char **token, err_info *e);
 
 typedef struct jwt_verify_opts {
-    const char *iss;    /* required match */
-    const char *aud;    /* required match (string or array containing it) */
-    int leeway_s;       /* for exp / nbf / iat-in-future */
-    int64_t now;        /* unix seconds; 0 = time(NULL) */
+    const char *iss; /* required match */
+    const char *aud; /* required match (string or array containing it) */
+    int leeway_s;    /* for exp / nbf / iat-in-future */
+    int64_t now;     /* unix seconds; 0 = time(NULL) */
 } jwt_verify_opts;
 
 /* Verifies a compact JWS: alg pinned to ES256 (none, HS*, RS* rejected), kid must be known,
@@ -57,7 +58,8 @@ err_code jwt_verify(const jwt_keyset *ks, const char *token, const jwt_verify_op
 char *jwt_keyset_jwks(const jwt_keyset *ks);
 /* Visits each key's public JWK fields (for building the GetJwks response). */
 void jwt_keyset_each(const jwt_keyset *ks,
-                     void (*fn)(void *arg, const char *kid, const char *x, const char *y), void *arg);
+                     void (*fn)(void *arg, const char *kid, const char *x, const char *y),
+                     void *arg);
 
 /* Writes a new P-256 private key as PKCS#8 PEM to path (mode 0600); used by the local stack and
  * tests. */

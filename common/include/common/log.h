@@ -24,9 +24,9 @@ bool log_level_parse(const char *s, log_level *out);
 void log_set_fd(int fd);
 
 /* Writes {"ts","level","service","request_id","trace_id","span_id","msg", <kv>}.
- * kv: NULL or pre-rendered JSON members without braces, e.g. "\"status\":\"OK\",\"duration_ms\":1.2"
- * (build them with log_json_str for strings). msg is escaped here. Thread-safe: one write(2) a line.
- * Never pass a password, token, hash or secret. */
+ * kv: NULL or pre-rendered JSON members without braces, e.g.
+ * "\"status\":\"OK\",\"duration_ms\":1.2" (build them with log_json_str for strings). msg is
+ * escaped here. Thread-safe: one write(2) a line. Never pass a password, token, hash or secret. */
 void log_emit(log_level level, const log_ctx *ctx, const char *kv, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -1,4 +1,5 @@
-/* mem: allocation that aborts on failure, and the per-request arena (with a protobuf-c allocator). */
+/* mem: allocation that aborts on failure, and the per-request arena (with a protobuf-c allocator).
+ */
 #ifndef COMMON_MEM_H
 #define COMMON_MEM_H
 
@@ -17,9 +18,9 @@ char *xstrndup(const char *s, size_t n);
  * one arena belongs to one request. Cleanups run in reverse order of registration. */
 typedef struct arena arena;
 
-arena *arena_new(size_t block_size); /* 0 = default (8 KiB) */
-void arena_free(arena *a);           /* runs cleanups; NULL is a no-op */
-void arena_reset(arena *a);          /* runs cleanups, keeps the first block */
+arena *arena_new(size_t block_size);   /* 0 = default (8 KiB) */
+void arena_free(arena *a);             /* runs cleanups; NULL is a no-op */
+void arena_reset(arena *a);            /* runs cleanups, keeps the first block */
 void *arena_alloc(arena *a, size_t n); /* 16-byte aligned, zeroed */
 char *arena_strdup(arena *a, const char *s);
 char *arena_strndup(arena *a, const char *s, size_t n);

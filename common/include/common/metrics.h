@@ -1,4 +1,5 @@
-/* metrics: counters, gauges and fixed-bucket histograms with labels, rendered as Prometheus text. */
+/* metrics: counters, gauges and fixed-bucket histograms with labels, rendered as Prometheus text.
+ */
 #ifndef COMMON_METRICS_H
 #define COMMON_METRICS_H
 
@@ -39,7 +40,8 @@ void metrics_histogram_observe(metrics_series *s, double v);
 void metrics_inc(metrics_family *f, const char *const *label_values);
 void metrics_observe(metrics_family *f, const char *const *label_values, double v);
 
-/* A callback run before each rendering, to set gauges from other modules' stats (pool in use...). */
+/* A callback run before each rendering, to set gauges from other modules' stats (pool in use...).
+ */
 void metrics_on_collect(metrics_registry *r, void (*fn)(void *arg), void *arg);
 
 /* Prometheus text exposition format 0.0.4; malloc'ed, caller frees. */

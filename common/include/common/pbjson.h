@@ -1,4 +1,5 @@
-/* pbjson: proto3 JSON mapping ↔ protobuf-c messages, driven only by descriptors (no generated code). */
+/* pbjson: proto3 JSON mapping ↔ protobuf-c messages, driven only by descriptors (no generated
+ * code). */
 #ifndef COMMON_PBJSON_H
 #define COMMON_PBJSON_H
 
@@ -11,8 +12,8 @@
 #include "common/mem.h"
 
 /* Output choices follow grpc-gateway v2's default marshaler: proto field names, every field emitted
- * (EmitUnpopulated: scalars with their zero value, repeated as [], unset messages as null), enums by
- * name, 64-bit integers as strings, Timestamp as RFC 3339 UTC ("2026-11-22T06:43:03.123Z"),
+ * (EmitUnpopulated: scalars with their zero value, repeated as [], unset messages as null), enums
+ * by name, 64-bit integers as strings, Timestamp as RFC 3339 UTC ("2026-11-22T06:43:03.123Z"),
  * Duration as "1.500s" (0, 3, 6 or 9 fractional digits, like Timestamp), FieldMask as "a,b" (paths
  * in lowerCamelCase), Empty as {}, Any as {"@type": url, ...fields} for the types
  * pbjson_register_any knows (google.rpc.BadRequest, google.rpc.RetryInfo, google.rpc.Status and the

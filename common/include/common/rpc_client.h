@@ -17,18 +17,18 @@
 typedef struct rpc_client rpc_client;
 
 typedef struct rpc_client_opts {
-    const char *target;       /* "127.0.0.1:50052" */
-    const char *name;         /* for logs/metrics/breaker: "user" */
-    int default_timeout_ms;   /* per call when the caller gives no deadline (default 5000) */
-    int max_message_bytes;    /* default 4 MiB */
+    const char *target;     /* "127.0.0.1:50052" */
+    const char *name;       /* for logs/metrics/breaker: "user" */
+    int default_timeout_ms; /* per call when the caller gives no deadline (default 5000) */
+    int max_message_bytes;  /* default 4 MiB */
 } rpc_client_opts;
 
 /* Per-call options; all optional (NULL = defaults). */
 typedef struct rpc_call_opts {
-    const rpc_ctx *parent;     /* server call we run inside: its deadline, cancellation and
-                                  metadata (request id, traceparent, authorization) pass on */
-    const rpc_metadata *md;    /* explicit metadata (overrides the parent's where non-empty) */
-    int64_t deadline_ms;       /* absolute CLOCK_MONOTONIC ms; 0 = parent's or default */
+    const rpc_ctx *parent;  /* server call we run inside: its deadline, cancellation and
+                               metadata (request id, traceparent, authorization) pass on */
+    const rpc_metadata *md; /* explicit metadata (overrides the parent's where non-empty) */
+    int64_t deadline_ms;    /* absolute CLOCK_MONOTONIC ms; 0 = parent's or default */
 } rpc_call_opts;
 
 /* Resilience policy shared by every client of a process, read from the environment (names,

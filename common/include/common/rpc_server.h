@@ -1,4 +1,5 @@
-/* rpc_server: serves a table of unary protobuf-c methods on the gRPC C core, with Health built in. */
+/* rpc_server: serves a table of unary protobuf-c methods on the gRPC C core, with Health built in.
+ */
 #ifndef COMMON_RPC_SERVER_H
 #define COMMON_RPC_SERVER_H
 
@@ -16,15 +17,16 @@ typedef struct rpc_metadata {
     const char *request_id;    /* x-request-id (made when absent or not sane) */
     const char *traceparent;   /* W3C traceparent as received (made when absent) */
     const char *authorization; /* "Bearer ..." or "" */
-    const char *user_agent;    /* x-user-agent (the end client's, set by the gateway), else user-agent */
-    const char *client_ip;     /* x-client-ip (set by the gateway) */
-    const char *actor_id;      /* x-actor-id: the verified token subject (set by the gateway or auth;
-                                  internal callers are trusted), for audit logs; "" = system */
+    const char
+        *user_agent; /* x-user-agent (the end client's, set by the gateway), else user-agent */
+    const char *client_ip; /* x-client-ip (set by the gateway) */
+    const char *actor_id;  /* x-actor-id: the verified token subject (set by the gateway or auth;
+                              internal callers are trusted), for audit logs; "" = system */
 } rpc_metadata;
 
 /* What a handler gets besides its request. Lives for the call. */
 typedef struct rpc_ctx {
-    const char *method;  /* "/user.v1.UserService/GetUser" */
+    const char *method; /* "/user.v1.UserService/GetUser" */
     rpc_metadata md;
     char trace_id[33];   /* from traceparent */
     char span_id[17];    /* this hop's span id (new) */

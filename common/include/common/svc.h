@@ -1,4 +1,5 @@
-/* svc: the shared main of every service: config → log → db (migrations) → cache → rpc_server → signals. */
+/* svc: the shared main of every service: config → log → db (migrations) → cache → rpc_server →
+ * signals. */
 #ifndef COMMON_SVC_H
 #define COMMON_SVC_H
 
@@ -13,20 +14,20 @@
 
 /* Options every service has (env names in docs/CONFIGURATION.md). */
 typedef struct svc_config {
-    char *listen_addr;      /* LISTEN_ADDR */
-    char *metrics_addr;     /* METRICS_ADDR */
-    char *database_url;     /* DATABASE_URL */
-    int db_pool_size;       /* DB_POOL_SIZE */
-    int db_pool_wait_ms;    /* DB_POOL_WAIT_MS */
+    char *listen_addr;           /* LISTEN_ADDR */
+    char *metrics_addr;          /* METRICS_ADDR */
+    char *database_url;          /* DATABASE_URL */
+    int db_pool_size;            /* DB_POOL_SIZE */
+    int db_pool_wait_ms;         /* DB_POOL_WAIT_MS */
     int db_statement_timeout_ms; /* DB_STATEMENT_TIMEOUT_MS */
-    int slow_query_ms;      /* SLOW_QUERY_MS */
-    char *redis_url;        /* REDIS_URL */
-    int redis_timeout_ms;   /* REDIS_TIMEOUT_MS */
-    int rpc_threads;        /* RPC_THREADS */
-    int rpc_max_message_bytes; /* RPC_MAX_MESSAGE_BYTES */
-    int rpc_max_inflight;   /* RPC_MAX_INFLIGHT */
-    int shutdown_grace_ms;  /* SHUTDOWN_GRACE_MS */
-    char *log_level;        /* LOG_LEVEL */
+    int slow_query_ms;           /* SLOW_QUERY_MS */
+    char *redis_url;             /* REDIS_URL */
+    int redis_timeout_ms;        /* REDIS_TIMEOUT_MS */
+    int rpc_threads;             /* RPC_THREADS */
+    int rpc_max_message_bytes;   /* RPC_MAX_MESSAGE_BYTES */
+    int rpc_max_inflight;        /* RPC_MAX_INFLIGHT */
+    int shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS */
+    char *log_level;             /* LOG_LEVEL */
 } svc_config;
 
 /* What a running service has; handed to start/stop and (as state) to handlers. */
@@ -37,15 +38,15 @@ typedef struct svc_env {
     cache *cache;
     rpc_server *server;
     metrics_registry *metrics; /* served on METRICS_ADDR; start() may add its own families */
-    void *state; /* set by start(); handlers get it as ctx->state */
+    void *state;               /* set by start(); handlers get it as ctx->state */
 } svc_env;
 
 typedef struct svc_def {
-    const char *name;             /* "user": log service name */
-    const char *grpc_service;     /* "user.v1.UserService" */
-    const char *schema;           /* "users" */
-    const char *default_listen;   /* "0.0.0.0:50052" */
-    const char *default_metrics;  /* "0.0.0.0:9092" */
+    const char *name;            /* "user": log service name */
+    const char *grpc_service;    /* "user.v1.UserService" */
+    const char *schema;          /* "users" */
+    const char *default_listen;  /* "0.0.0.0:50052" */
+    const char *default_metrics; /* "0.0.0.0:9092" */
     const char *default_database_url;
     bool calls_peers; /* makes rpc_client calls: --help lists the BREAKER_* / RPC_RETRY_* options */
     const char *default_rpc_threads; /* RPC_THREADS default; NULL = "2" (auth blocks a thread per

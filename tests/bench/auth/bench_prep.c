@@ -1,6 +1,7 @@
 /* auth_bench_prep: registers (or logs in) a benchmark user through auth-service and writes the
  * binary requests rpc_load replays: login.req (LoginRequest) and validate.req (ValidateTokenRequest
- * holding a fresh access token). Usage: auth_bench_prep <auth host:port> <email> <password> <dir> */
+ * holding a fresh access token). Usage: auth_bench_prep <auth host:port> <email> <password> <dir>
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

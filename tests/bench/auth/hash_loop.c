@@ -1,6 +1,6 @@
 /* auth_hash_loop: the password-hashing ceiling of this machine: N threads verifying (or hashing)
- * argon2id with libsodium for a fixed time, nothing else. Login/s of auth-service is compared to it.
- * Usage: auth_hash_loop [--threads 2] [--duration 5] [--memory-kib 19456] [--iterations 2]
+ * argon2id with libsodium for a fixed time, nothing else. Login/s of auth-service is compared to
+ * it. Usage: auth_hash_loop [--threads 2] [--duration 5] [--memory-kib 19456] [--iterations 2]
  *                       [--mode verify|hash] */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,10 +24,11 @@ static void *run(void *arg)
     (void)arg;
     char out[crypto_pwhash_STRBYTES];
     while (!atomic_load(&g_stop)) {
-        int rc = g_verify ? crypto_pwhash_str_verify(g_hash, PW, sizeof PW - 1)
-                          : crypto_pwhash_str_alg(out, PW, sizeof PW - 1, (unsigned long long)g_iter,
-                                                  (size_t)g_mem_kib * 1024u,
-                                                  crypto_pwhash_ALG_ARGON2ID13);
+        int rc =
+            g_verify
+                ? crypto_pwhash_str_verify(g_hash, PW, sizeof PW - 1)
+                : crypto_pwhash_str_alg(out, PW, sizeof PW - 1, (unsigned long long)g_iter,
+                                        (size_t)g_mem_kib * 1024u, crypto_pwhash_ALG_ARGON2ID13);
         if (rc != 0) {
             fprintf(stderr, "argon2 failed\n");
             exit(1);

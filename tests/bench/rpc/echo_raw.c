@@ -31,8 +31,8 @@ static void post(void)
 {
     rcall *c = calloc(1, sizeof *c);
     grpc_metadata_array_init(&c->md);
-    grpc_server_request_registered_call(server, method, &c->call, &c->deadline, &c->md,
-                                        &c->payload, cq, cq, c);
+    grpc_server_request_registered_call(server, method, &c->call, &c->deadline, &c->md, &c->payload,
+                                        cq, cq, c);
 }
 
 static void *worker(void *arg)

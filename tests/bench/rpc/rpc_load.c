@@ -156,8 +156,11 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    opts o = {.method = "/grpc.health.v1.Health/Check", .inflight = 64, .threads = 1,
-              .timeout_ms = 5000, .duration_s = 10};
+    opts o = {.method = "/grpc.health.v1.Health/Check",
+              .inflight = 64,
+              .threads = 1,
+              .timeout_ms = 5000,
+              .duration_s = 10};
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -247,8 +250,9 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < o.threads; i++) {
         grpc_completion_queue_shutdown(ws[i].cq);
-        while (grpc_completion_queue_next(ws[i].cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-               GRPC_QUEUE_SHUTDOWN)
+        while (
+            grpc_completion_queue_next(ws[i].cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+            GRPC_QUEUE_SHUTDOWN)
             ;
         grpc_completion_queue_destroy(ws[i].cq);
         grpc_slice_unref(ws[i].req);

@@ -1,9 +1,9 @@
 /* e2e_gateway_breaker: the four binaries; the gateway's breakers made small (window 4, 4 calls,
- * open 30 s, no retries). The user service is SIGKILLed: GET /v1/users/me first answers 503 "user service
- * unavailable", then, once the circuit is open, 503 "circuit open: user" at once with Retry-After
- * = the remaining open time (close to 30 s, not the generic 1 s) and a RetryInfo detail; routes of
- * other services keep working; /ready is 503 and names the open breaker; /metrics has
- * circuit_breaker_state{target="user"} 1. */
+ * open 30 s, no retries). The user service is SIGKILLed: GET /v1/users/me first answers 503 "user
+ * service unavailable", then, once the circuit is open, 503 "circuit open: user" at once with
+ * Retry-After = the remaining open time (close to 30 s, not the generic 1 s) and a RetryInfo
+ * detail; routes of other services keep working; /ready is 503 and names the open breaker; /metrics
+ * has circuit_breaker_state{target="user"} 1. */
 #include <jansson.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -30,10 +30,11 @@ static void test_start(void)
     o.env[TS_GW] = env_gw;
     CU_ASSERT_FATAL(ts_stack_start(&g_stack, &o) == 0);
     g_up = true;
-    const char *body = "{\"email\":\"breaker@example.com\",\"password\":\"Breaker-Passw0rd!\",\"display_name\":\"Breaker\"}";
+    const char *body = "{\"email\":\"breaker@example.com\",\"password\":\"Breaker-Passw0rd!\","
+                       "\"display_name\":\"Breaker\"}";
     http_resp r;
-    http_do(g_stack.port[TS_GW], "POST", "/v1/auth/register",
-            "Content-Type: application/json\r\n", body, strlen(body), 10000, &r);
+    http_do(g_stack.port[TS_GW], "POST", "/v1/auth/register", "Content-Type: application/json\r\n",
+            body, strlen(body), 10000, &r);
     if (r.status != 201)
         fprintf(stderr, "register: %d %s\n", r.status, r.body ? r.body : "");
     CU_ASSERT_EQUAL(r.status, 201);
@@ -97,7 +98,7 @@ static void test_open_circuit_is_503_with_retry_after(void)
         http_resp_free(&r);
     }
     CU_ASSERT_EQUAL(other, 0);
-    CU_ASSERT(unavailable >= 1);     /* real failures first ... */
+    CU_ASSERT(unavailable >= 1);             /* real failures first ... */
     CU_ASSERT(open_at >= 1 && open_at <= 4); /* ... then the window (4 calls) trips it */
     CU_ASSERT_EQUAL(get("/v1/users/me", g_auth, &r), 503);
     http_resp_free(&r);
@@ -115,8 +116,8 @@ static void test_open_circuit_is_503_with_retry_after(void)
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(b, "user")), "open");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(b, "auth")), "closed");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(b, "permission")), "closed");
-    CU_ASSERT_STRING_EQUAL(
-        json_string_value(json_object_get(json_object_get(j, "checks"), "user")), "NOT_SERVING");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(j, "checks"), "user")),
+                           "NOT_SERVING");
     json_decref(j);
     http_resp_free(&r);
 

@@ -25,12 +25,12 @@
 
 static int g_port, g_port_rl;
 static int g_started;
-#define NEED_STACK()                                                                              \
-    do {                                                                                          \
-        if (!g_started) {                                                                         \
-            CU_FAIL("stack not started");                                                         \
-            return;                                                                               \
-        }                                                                                         \
+#define NEED_STACK()                                                                               \
+    do {                                                                                           \
+        if (!g_started) {                                                                          \
+            CU_FAIL("stack not started");                                                          \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 static int g_pids[8];
@@ -119,8 +119,8 @@ static void check_error_body(res *x, const char *status)
     CU_ASSERT_TRUE(strlen(jstr(x->j, "request_id")) > 0);
 }
 
-static void register_user(const char *email, const char *password, char *token, size_t tl,
-                          char *id, size_t il)
+static void register_user(const char *email, const char *password, char *token, size_t tl, char *id,
+                          size_t il)
 {
     char body[512];
     snprintf(body, sizeof body, "{\"email\":\"%s\",\"password\":\"%s\",\"display_name\":\"E2E\"}",
@@ -176,7 +176,8 @@ static void start_stack(void)
     const char *user_db = ts_fresh_db("t_e2e", "user_svc");
     char user_url[512], perm_url[512], auth_url[512];
     snprintf(user_url, sizeof user_url, "DATABASE_URL=%s", user_db);
-    snprintf(perm_url, sizeof perm_url, "DATABASE_URL=%s", ts_db_conninfo("t_e2e", "permission_svc"));
+    snprintf(perm_url, sizeof perm_url, "DATABASE_URL=%s",
+             ts_db_conninfo("t_e2e", "permission_svc"));
     snprintf(auth_url, sizeof auth_url, "DATABASE_URL=%s", ts_db_conninfo("t_e2e", "auth_svc"));
     ts_redis_flush(40);
     ts_redis_flush(41);
@@ -225,22 +226,48 @@ static void start_stack(void)
     spawn("user-service", user_env);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(p_perm, 20000), 0);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(p_user, 20000), 0);
-    char *auth_env[] = {l[0], m[0], auth_url, redis, a_user, a_perm, kd,
+    char *auth_env[] = {l[0],
+                        m[0],
+                        auth_url,
+                        redis,
+                        a_user,
+                        a_perm,
+                        kd,
                         "BOOTSTRAP_ADMIN_EMAIL=" ADMIN_EMAIL,
-                        "BOOTSTRAP_ADMIN_PASSWORD=" ADMIN_PASSWORD, "LOG_LEVEL=warn", NULL};
+                        "BOOTSTRAP_ADMIN_PASSWORD=" ADMIN_PASSWORD,
+                        "LOG_LEVEL=warn",
+                        NULL};
     spawn("auth-service", auth_env);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(p_auth, 30000), 0);
-    char *gw_env[] = {l[3], redis, a_auth, a_user, a_perm, "RATE_LIMIT_AUTH_RPM=100000",
-                      "RATE_LIMIT_ANON_RPM=100000", "RATE_LIMIT_USER_RPM=100000",
-                      "COOKIE_SECURE=false", "CORS_ALLOWED_ORIGINS=https://app.e2e.test",
-                      "MAX_BODY_BYTES=65536", "LOG_LEVEL=warn", NULL};
+    char *gw_env[] = {l[3],
+                      redis,
+                      a_auth,
+                      a_user,
+                      a_perm,
+                      "RATE_LIMIT_AUTH_RPM=100000",
+                      "RATE_LIMIT_ANON_RPM=100000",
+                      "RATE_LIMIT_USER_RPM=100000",
+                      "COOKIE_SECURE=false",
+                      "CORS_ALLOWED_ORIGINS=https://app.e2e.test",
+                      "MAX_BODY_BYTES=65536",
+                      "LOG_LEVEL=warn",
+                      NULL};
     spawn("gateway", gw_env);
     /* A second gateway with strict limits on its own Redis db, for the rate-limit test. */
     char redis_rl[256];
     snprintf(redis_rl, sizeof redis_rl, "REDIS_URL=%s", ts_redis_url_db(41));
-    char *gw2_env[] = {l[4], redis_rl, a_auth, a_user, a_perm, "RATE_LIMIT_AUTH_RPM=3",
-                       "RATE_LIMIT_ANON_RPM=5", "RATE_LIMIT_USER_RPM=5", "HEADER_TIMEOUT_SEC=2",
-                       "IDLE_TIMEOUT_SEC=3", "LOG_LEVEL=warn", NULL};
+    char *gw2_env[] = {l[4],
+                       redis_rl,
+                       a_auth,
+                       a_user,
+                       a_perm,
+                       "RATE_LIMIT_AUTH_RPM=3",
+                       "RATE_LIMIT_ANON_RPM=5",
+                       "RATE_LIMIT_USER_RPM=5",
+                       "HEADER_TIMEOUT_SEC=2",
+                       "IDLE_TIMEOUT_SEC=3",
+                       "LOG_LEVEL=warn",
+                       NULL};
     spawn("gateway", gw2_env);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(g_port, 20000), 0);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(g_port_rl, 20000), 0);
@@ -292,8 +319,9 @@ static void test_ops_endpoints(void)
     res_free(&x);
     CU_ASSERT_EQUAL(call("GET", "/openapi.json", NULL, NULL, &x), 200);
     json_t *paths = json_object_get(x.j, "paths");
-    const char *must[] = {"/health", "/ready", "/metrics", "/.well-known/jwks.json",
-                          "/v1/auth/register", "/v1/users/me", "/v1/roles/{name}", NULL};
+    const char *must[] = {
+        "/health",           "/ready",       "/metrics",         "/.well-known/jwks.json",
+        "/v1/auth/register", "/v1/users/me", "/v1/roles/{name}", NULL};
     for (int i = 0; must[i]; i++)
         CU_ASSERT_PTR_NOT_NULL(json_object_get(paths, must[i]));
     res_free(&x);
@@ -363,7 +391,8 @@ static void test_register_login(void)
     res_free(&x);
 
     register_user("bob@e2e.test", "bob-pass-12", g_bob, sizeof g_bob, g_bob_id, sizeof g_bob_id);
-    CU_ASSERT_EQUAL_FATAL(login(ADMIN_EMAIL, ADMIN_PASSWORD, g_admin, sizeof g_admin, NULL, 0), 200);
+    CU_ASSERT_EQUAL_FATAL(login(ADMIN_EMAIL, ADMIN_PASSWORD, g_admin, sizeof g_admin, NULL, 0),
+                          200);
     CU_ASSERT_EQUAL(call("GET", "/v1/users/me", g_admin, NULL, &x), 200);
     snprintf(g_admin_id, sizeof g_admin_id, "%s", jstr(x.j, "id"));
     res_free(&x);
@@ -376,7 +405,8 @@ static void test_users_me_and_authn(void)
     CU_ASSERT_EQUAL(call("GET", "/v1/users/me", g_alice, NULL, &x), 200);
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "id"), g_alice_id);
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "email"), "alice@e2e.test");
-    CU_ASSERT_TRUE(json_object_get(x.j, "create_time") && json_is_string(json_object_get(x.j, "create_time")));
+    CU_ASSERT_TRUE(json_object_get(x.j, "create_time") &&
+                   json_is_string(json_object_get(x.j, "create_time")));
     CU_ASSERT(strlen(jstr(x.j, "etag")) > 0);
     char etag[128];
     snprintf(etag, sizeof etag, "%s", jstr(x.j, "etag"));
@@ -394,11 +424,12 @@ static void test_users_me_and_authn(void)
     forged[strlen(forged) - 2] = forged[strlen(forged) - 2] == 'A' ? 'B' : 'A';
     expect(401, "GET", "/v1/users/me", forged, NULL);
     /* alg none token */
-    expect(401, "GET", "/v1/users/me",
-           "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.", NULL);
+    expect(401, "GET", "/v1/users/me", "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.",
+           NULL);
 
     /* PATCH me: display name (camelCase in), status needs users:write */
-    CU_ASSERT_EQUAL(call("PATCH", "/v1/users/me", g_alice, "{\"displayName\":\"Alice Two\"}", &x), 200);
+    CU_ASSERT_EQUAL(call("PATCH", "/v1/users/me", g_alice, "{\"displayName\":\"Alice Two\"}", &x),
+                    200);
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "display_name"), "Alice Two");
     CU_ASSERT_STRING_NOT_EQUAL(jstr(x.j, "etag"), etag);
     res_free(&x);
@@ -407,7 +438,9 @@ static void test_users_me_and_authn(void)
     res y;
     char ifm[200];
     snprintf(ifm, sizeof ifm, "If-Match: \"%s\"\r\n", etag);
-    CU_ASSERT_EQUAL(call_port(g_port, "PATCH", "/v1/users/me", g_alice, "{\"display_name\":\"Z\"}", ifm, &y), 409);
+    CU_ASSERT_EQUAL(
+        call_port(g_port, "PATCH", "/v1/users/me", g_alice, "{\"display_name\":\"Z\"}", ifm, &y),
+        409);
     res_free(&y);
 }
 
@@ -431,7 +464,8 @@ static void test_users_authz(void)
     CU_ASSERT_EQUAL(json_array_size(json_object_get(x.j, "users")), 2);
     CU_ASSERT(strlen(jstr(x.j, "next_page_token")) > 0);
     char next[600];
-    snprintf(next, sizeof next, "/v1/users?page_size=2&page_token=%s", jstr(x.j, "next_page_token"));
+    snprintf(next, sizeof next, "/v1/users?page_size=2&page_token=%s",
+             jstr(x.j, "next_page_token"));
     res_free(&x);
     CU_ASSERT_EQUAL(call("GET", next, g_admin, NULL, &x), 200);
     CU_ASSERT(json_array_size(json_object_get(x.j, "users")) >= 1);
@@ -452,10 +486,12 @@ static void test_roles_and_permissions(void)
     NEED_STACK();
     char p[256];
     res x;
-    expect(403, "POST", "/v1/roles", g_alice, "{\"name\":\"editor\",\"permissions\":[\"users:read\"]}");
-    CU_ASSERT_EQUAL(call("POST", "/v1/roles", g_admin,
-                         "{\"name\":\"editor\",\"description\":\"d\",\"permissions\":[\"users:read\"]}", &x),
-                    201);
+    expect(403, "POST", "/v1/roles", g_alice,
+           "{\"name\":\"editor\",\"permissions\":[\"users:read\"]}");
+    CU_ASSERT_EQUAL(
+        call("POST", "/v1/roles", g_admin,
+             "{\"name\":\"editor\",\"description\":\"d\",\"permissions\":[\"users:read\"]}", &x),
+        201);
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "name"), "editor");
     CU_ASSERT_EQUAL(json_array_size(json_object_get(x.j, "permissions")), 1);
     res_free(&x);
@@ -466,13 +502,15 @@ static void test_roles_and_permissions(void)
     CU_ASSERT_EQUAL(call("GET", "/v1/roles/admin", g_admin, NULL, &x), 200);
     CU_ASSERT_TRUE(json_is_true(json_object_get(x.j, "builtin")));
     res_free(&x);
-    CU_ASSERT_EQUAL(call("PATCH", "/v1/roles/editor", g_admin, "{\"description\":\"Editors\"}", &x), 200);
+    CU_ASSERT_EQUAL(call("PATCH", "/v1/roles/editor", g_admin, "{\"description\":\"Editors\"}", &x),
+                    200);
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "description"), "Editors");
     CU_ASSERT_EQUAL(json_array_size(json_object_get(x.j, "permissions")), 1); /* mask kept it */
     res_free(&x);
 
     /* check: self allowed, other needs roles:read, '*' → 400 */
-    CU_ASSERT_EQUAL(call("POST", "/v1/permissions:check", g_alice, "{\"permission\":\"users:read\"}", &x), 200);
+    CU_ASSERT_EQUAL(
+        call("POST", "/v1/permissions:check", g_alice, "{\"permission\":\"users:read\"}", &x), 200);
     CU_ASSERT_TRUE(json_is_false(json_object_get(x.j, "allowed")));
     res_free(&x);
     char body[256];
@@ -499,7 +537,8 @@ static void test_roles_and_permissions(void)
     CU_ASSERT_EQUAL(call("GET", p, g_alice, NULL, &x), 200);
     CU_ASSERT(json_array_size(json_object_get(x.j, "permissions")) >= 1);
     res_free(&x);
-    CU_ASSERT_EQUAL(call("POST", "/v1/permissions:check", g_alice, "{\"permission\":\"users:read\"}", &x), 200);
+    CU_ASSERT_EQUAL(
+        call("POST", "/v1/permissions:check", g_alice, "{\"permission\":\"users:read\"}", &x), 200);
     CU_ASSERT_TRUE(json_is_true(json_object_get(x.j, "allowed")));
     res_free(&x);
     expect(200, "GET", "/v1/users", g_alice, NULL); /* takes effect at once */
@@ -543,10 +582,11 @@ static void test_sessions_refresh_password(void)
     res_free(&x);
     {
         char tok[2048];
-        CU_ASSERT_EQUAL_FATAL(call_port(g_port, "POST", "/v1/auth/login", NULL,
-                                        "{\"email\":\"alice@e2e.test\",\"password\":\"alice-pass-1\"}",
-                                        "User-Agent: e2e-agent/1.0\r\n", &x),
-                              200);
+        CU_ASSERT_EQUAL_FATAL(
+            call_port(g_port, "POST", "/v1/auth/login", NULL,
+                      "{\"email\":\"alice@e2e.test\",\"password\":\"alice-pass-1\"}",
+                      "User-Agent: e2e-agent/1.0\r\n", &x),
+            200);
         snprintf(tok, sizeof tok, "%s", jstr(x.j, "access_token"));
         res_free(&x);
         CU_ASSERT_EQUAL(call("GET", "/v1/auth/sessions", tok, NULL, &x), 200);
@@ -594,18 +634,20 @@ static void test_sessions_refresh_password(void)
     }
     expect(400, "DELETE", "/v1/auth/sessions/xyz", g_alice, NULL);
     /* password change */
-    CU_ASSERT_EQUAL(call("POST", "/v1/auth/password", g_alice,
-                         "{\"current_password\":\"wrong-pass-9\",\"new_password\":\"alice-pass-2\"}", &x),
-                    400);
-    json_t *fv = json_object_get(json_array_get(json_object_get(x.j, "details"), 0), "field_violations");
+    CU_ASSERT_EQUAL(
+        call("POST", "/v1/auth/password", g_alice,
+             "{\"current_password\":\"wrong-pass-9\",\"new_password\":\"alice-pass-2\"}", &x),
+        400);
+    json_t *fv =
+        json_object_get(json_array_get(json_object_get(x.j, "details"), 0), "field_violations");
     CU_ASSERT_STRING_EQUAL(jstr(json_array_get(fv, 0), "field"), "current_password");
     res_free(&x);
     expect(204, "POST", "/v1/auth/password", g_alice,
            "{\"currentPassword\":\"alice-pass-1\",\"newPassword\":\"alice-pass-2\"}");
     expect(200, "GET", "/v1/users/me", g_alice, NULL); /* the caller's session survives */
     CU_ASSERT_EQUAL(login("alice@e2e.test", "alice-pass-1", h, sizeof h, NULL, 0), 401);
-    CU_ASSERT_EQUAL(login("alice@e2e.test", "alice-pass-2", g_alice, sizeof g_alice, g_alice_refresh,
-                          sizeof g_alice_refresh),
+    CU_ASSERT_EQUAL(login("alice@e2e.test", "alice-pass-2", g_alice, sizeof g_alice,
+                          g_alice_refresh, sizeof g_alice_refresh),
                     200);
 }
 
@@ -641,10 +683,13 @@ static void test_limits_and_headers(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(h, "PATCH"));
     res_free(&x);
     /* request id: sane echoed, insane replaced */
-    CU_ASSERT_EQUAL(call_port(g_port, "GET", "/health", NULL, NULL, "X-Request-Id: abc-123.x:y_z\r\n", &x), 200);
+    CU_ASSERT_EQUAL(
+        call_port(g_port, "GET", "/health", NULL, NULL, "X-Request-Id: abc-123.x:y_z\r\n", &x),
+        200);
     CU_ASSERT_STRING_EQUAL(http_header(&x.r, "X-Request-Id", h, sizeof h), "abc-123.x:y_z");
     res_free(&x);
-    CU_ASSERT_EQUAL(call_port(g_port, "GET", "/v1/nothing", NULL, NULL, "X-Request-Id: bad id!\r\n", &x), 404);
+    CU_ASSERT_EQUAL(
+        call_port(g_port, "GET", "/v1/nothing", NULL, NULL, "X-Request-Id: bad id!\r\n", &x), 404);
     CU_ASSERT_STRING_NOT_EQUAL(http_header(&x.r, "X-Request-Id", h, sizeof h), "bad id!");
     CU_ASSERT_STRING_EQUAL(jstr(x.j, "request_id"), h);
     res_free(&x);
@@ -667,16 +712,18 @@ static void test_limits_and_headers(void)
     CU_ASSERT_PTR_NOT_NULL(http_header(&x.r, "X-Request-Id", h, sizeof h));
     res_free(&x);
     /* CORS: allowed origin echoed with credentials, never '*'; preflight */
-    CU_ASSERT_EQUAL(call_port(g_port, "OPTIONS", "/v1/users/me", NULL, NULL,
-                              "Origin: https://app.e2e.test\r\nAccess-Control-Request-Method: PATCH\r\n", &x),
-                    204);
+    CU_ASSERT_EQUAL(
+        call_port(g_port, "OPTIONS", "/v1/users/me", NULL, NULL,
+                  "Origin: https://app.e2e.test\r\nAccess-Control-Request-Method: PATCH\r\n", &x),
+        204);
     CU_ASSERT_STRING_EQUAL(http_header(&x.r, "Access-Control-Allow-Origin", h, sizeof h),
                            "https://app.e2e.test");
     CU_ASSERT_PTR_NOT_NULL(http_header(&x.r, "Access-Control-Allow-Methods", h, sizeof h));
     CU_ASSERT_PTR_NOT_NULL(strstr(h, "PATCH"));
     CU_ASSERT_STRING_EQUAL(http_header(&x.r, "Vary", h, sizeof h), "Origin");
     res_free(&x);
-    CU_ASSERT_EQUAL(call_port(g_port, "GET", "/health", NULL, NULL, "Origin: https://evil.test\r\n", &x), 200);
+    CU_ASSERT_EQUAL(
+        call_port(g_port, "GET", "/health", NULL, NULL, "Origin: https://evil.test\r\n", &x), 200);
     CU_ASSERT_PTR_NULL(http_header(&x.r, "Access-Control-Allow-Origin", h, sizeof h));
     res_free(&x);
     /* metrics reflect the traffic */
@@ -726,32 +773,72 @@ static void test_malformed_bodies(void)
 {
     NEED_STACK();
     static const char *const bad[] = {
-        "{", "}", "[", "[]", "null", "true", "1", "\"s\"", "{\"email\":}", "{\"email\":1}",
-        "{\"email\":[\"a\"]}", "{\"email\":{\"a\":1}}", "{\"password\":true}", "{\"a\":1,\"a\":2}",
-        "{\"email\":\"\\ud800\"}", "{\"email\":\"\xff\xfe\"}", "{\"display_name\":\"x\",}",
-        "{'email':'x'}", "{\"email\":\"a\" \"b\"}", "\x00\x01", "{\"page_size\":1e999}",
-        "{\"expires_in\":99999999999999999999}", "{\"status\":\"NOPE\"}", "{\"status\":99}",
-        "{\"permissions\":\"users:read\"}", "{\"permissions\":[1,2]}", "{\"role\":{}}",
-        "{\"user\":null}", "{\"update_mask\":5}", "{\"create_time\":\"yesterday\"}",
-        "{\"user_id\":\"not-a-uuid\",\"permission\":\"a:b\"}", "{\"permission\":\"*\"}",
-        "{\"inherits\":[null]}", "{\"name\":\"\"}", "{\"name\":\"UPPER\"}",
-        "{\"description\":{}}", "{\"refresh_token\":[]}", "{\"email\":\"a@b.c\",\"password\":\"\"}",
-        "{\"x\":{\"y\":{\"z\":{\"w\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}}}",
-        "{\"email\":\"a@b.c\",\"password\":\"" "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789" "\"}",
+        "{",
+        "}",
+        "[",
+        "[]",
+        "null",
+        "true",
+        "1",
+        "\"s\"",
+        "{\"email\":}",
+        "{\"email\":1}",
+        "{\"email\":[\"a\"]}",
+        "{\"email\":{\"a\":1}}",
+        "{\"password\":true}",
+        "{\"a\":1,\"a\":2}",
+        "{\"email\":\"\\ud800\"}",
+        "{\"email\":\"\xff\xfe\"}",
+        "{\"display_name\":\"x\",}",
+        "{'email':'x'}",
+        "{\"email\":\"a\" \"b\"}",
+        "\x00\x01",
+        "{\"page_size\":1e999}",
+        "{\"expires_in\":99999999999999999999}",
+        "{\"status\":\"NOPE\"}",
+        "{\"status\":99}",
+        "{\"permissions\":\"users:read\"}",
+        "{\"permissions\":[1,2]}",
+        "{\"role\":{}}",
+        "{\"user\":null}",
+        "{\"update_mask\":5}",
+        "{\"create_time\":\"yesterday\"}",
+        "{\"user_id\":\"not-a-uuid\",\"permission\":\"a:b\"}",
+        "{\"permission\":\"*\"}",
+        "{\"inherits\":[null]}",
+        "{\"name\":\"\"}",
+        "{\"name\":\"UPPER\"}",
+        "{\"description\":{}}",
+        "{\"refresh_token\":[]}",
+        "{\"email\":\"a@b.c\",\"password\":\"\"}",
+        "{\"x\":{\"y\":{\"z\":{\"w\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]"
+        "]]]]]]]]]]}}}}",
+        "{\"email\":\"a@b.c\",\"password\":\""
+        "012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"
+        "0123456789012345678901234567890123456789"
+        "\"}",
         NULL};
-    static const char *const routes[][2] = {
-        {"POST", "/v1/auth/register"}, {"POST", "/v1/auth/login"}, {"POST", "/v1/auth/refresh"},
-        {"POST", "/v1/auth/password"}, {"PATCH", "/v1/users/me"},  {"POST", "/v1/roles"},
-        {"PATCH", "/v1/roles/user"},   {"POST", "/v1/permissions:check"},
-        {"POST", "/v1/permissions:batchCheck"}, {"POST", "/v1/auth/logout"}, {NULL, NULL}};
+    static const char *const routes[][2] = {{"POST", "/v1/auth/register"},
+                                            {"POST", "/v1/auth/login"},
+                                            {"POST", "/v1/auth/refresh"},
+                                            {"POST", "/v1/auth/password"},
+                                            {"PATCH", "/v1/users/me"},
+                                            {"POST", "/v1/roles"},
+                                            {"PATCH", "/v1/roles/user"},
+                                            {"POST", "/v1/permissions:check"},
+                                            {"POST", "/v1/permissions:batchCheck"},
+                                            {"POST", "/v1/auth/logout"},
+                                            {NULL, NULL}};
     char bob_tok[2048];
-    CU_ASSERT_EQUAL_FATAL(login("bob@e2e.test", "bob-pass-12", bob_tok, sizeof bob_tok, NULL, 0), 200);
+    CU_ASSERT_EQUAL_FATAL(login("bob@e2e.test", "bob-pass-12", bob_tok, sizeof bob_tok, NULL, 0),
+                          200);
     int total = 0, fails = 0;
     for (int r = 0; routes[r][0]; r++) {
         for (int i = 0; bad[i]; i++) {
             /* logout with a valid token would end the session: use the admin-less bob token only
              * for bodies that cannot succeed there */
-            const char *tok = strcmp(routes[r][1], "/v1/auth/logout") == 0 ? "bad.token.x" : bob_tok;
+            const char *tok =
+                strcmp(routes[r][1], "/v1/auth/logout") == 0 ? "bad.token.x" : bob_tok;
             /* an email change is a valid PATCH of oneself: not a malformed body there */
             if (strcmp(routes[r][1], "/v1/users/me") == 0 && strstr(bad[i], "a@b.c"))
                 continue;
@@ -771,7 +858,8 @@ static void test_malformed_bodies(void)
     http_raw(g_port, "GARBAGE\r\n\r\n", 11, 3000, &hr);
     CU_ASSERT(hr.status == 0 || (hr.status >= 400 && hr.status < 500));
     http_resp_free(&hr);
-    http_raw(g_port, "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 53, 3000, &hr);
+    http_raw(g_port, "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 53, 3000,
+             &hr);
     CU_ASSERT(hr.status == 0 || hr.status < 500);
     http_resp_free(&hr);
     fprintf(stderr, "  malformed bodies: %d requests, %d not 4xx\n", total, fails);
@@ -789,7 +877,8 @@ static void test_delete_user(void)
     CU_ASSERT_EQUAL_FATAL(login("alice@e2e.test", "alice-pass-2", t, sizeof t, NULL, 0), 200);
     expect(403, "DELETE", p, t, NULL); /* alice cannot delete bob */
     char bob_tok[2048];
-    CU_ASSERT_EQUAL_FATAL(login("bob@e2e.test", "bob-pass-12", bob_tok, sizeof bob_tok, NULL, 0), 200);
+    CU_ASSERT_EQUAL_FATAL(login("bob@e2e.test", "bob-pass-12", bob_tok, sizeof bob_tok, NULL, 0),
+                          200);
     expect(204, "DELETE", "/v1/users/me", bob_tok, NULL);
     /* the deletion revokes bob's sessions (eventually: the event is asynchronous) */
     int s = 0;
@@ -804,8 +893,8 @@ static void test_delete_user(void)
     expect(404, "GET", p, g_admin, NULL);
 }
 
-/* Redis down: revocation fails closed (503 + Retry-After) while anonymous routes still work with the
- * per-process rate limiter. A third gateway points at a port where nothing listens. */
+/* Redis down: revocation fails closed (503 + Retry-After) while anonymous routes still work with
+ * the per-process rate limiter. A third gateway points at a port where nothing listens. */
 static void test_redis_down(void)
 {
     NEED_STACK();
@@ -918,7 +1007,8 @@ static long closed_after(int fd, int trickle_ms, int max_ms)
 {
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    const char *slow = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const char *slow = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+                       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     size_t off = 0;
     for (;;) {
         clock_gettime(CLOCK_MONOTONIC, &t);

@@ -39,12 +39,12 @@ const char *fc_jstr(json_t *j, const char *key)
     return s ? s : "";
 }
 
-int fc_register(int port, const char *email, const char *password, char *token, size_t tl,
-                char *id, size_t il)
+int fc_register(int port, const char *email, const char *password, char *token, size_t tl, char *id,
+                size_t il)
 {
     char body[512];
-    snprintf(body, sizeof body,
-             "{\"email\":\"%s\",\"password\":\"%s\",\"display_name\":\"fault\"}", email, password);
+    snprintf(body, sizeof body, "{\"email\":\"%s\",\"password\":\"%s\",\"display_name\":\"fault\"}",
+             email, password);
     fc_res x;
     int s = fc_call(port, "POST", "/v1/auth/register", NULL, body, 10000, &x);
     if (s == 201) {
@@ -160,8 +160,20 @@ int fc_lock_table(const char *dbname, const char *table, int hold_ms)
              "BEGIN; LOCK TABLE %s IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(%.3f); COMMIT;", table,
              hold_ms / 1000.0);
     snprintf(port, sizeof port, "%s", ts_need_env("PGPORT"));
-    char *argv[] = {"/usr/bin/psql", "-X", "-q", "-h", (char *)ts_need_env("PGHOST"), "-p", port,
-                    "-U", "postgres", "-d", (char *)dbname, "-c", sql, NULL};
+    char *argv[] = {"/usr/bin/psql",
+                    "-X",
+                    "-q",
+                    "-h",
+                    (char *)ts_need_env("PGHOST"),
+                    "-p",
+                    port,
+                    "-U",
+                    "postgres",
+                    "-d",
+                    (char *)dbname,
+                    "-c",
+                    sql,
+                    NULL};
     int pid = ts_spawn(argv, NULL, "/dev/null");
     if (pid <= 0)
         return -1;

@@ -11,10 +11,10 @@
 
 /* One HTTP answer, with its JSON body parsed (NULL when not JSON) and its timing. */
 typedef struct fc_res {
-    int status;          /* 0 = no answer (refused, reset, time-out) */
+    int status; /* 0 = no answer (refused, reset, time-out) */
     json_t *j;
     http_resp r;
-    long long t0, t1;    /* monotonic ms: before connecting, after the answer */
+    long long t0, t1; /* monotonic ms: before connecting, after the answer */
 } fc_res;
 
 void fc_res_free(fc_res *x);
@@ -25,8 +25,8 @@ int fc_call(int port, const char *method, const char *path, const char *token, c
 const char *fc_jstr(json_t *j, const char *key);
 
 /* POST /v1/auth/register; on 201 copies the access token and the user id. Returns the status. */
-int fc_register(int port, const char *email, const char *password, char *token, size_t tl,
-                char *id, size_t il);
+int fc_register(int port, const char *email, const char *password, char *token, size_t tl, char *id,
+                size_t il);
 /* POST /v1/auth/login; on 200 copies the access token. Returns the status. */
 int fc_login(int port, const char *email, const char *password, char *token, size_t tl);
 

@@ -66,15 +66,18 @@ static void *load(void *arg)
 
 static void start_stack(void)
 {
-    char *all[] = {"BREAKER_OPEN_MS=1000", "REQUEST_TIMEOUT_MS=1000", "ARGON2_MEMORY_KIB=1024",
-                   "ARGON2_ITERATIONS=1", "RATE_LIMIT_AUTH_RPM=100000",
-                   "RATE_LIMIT_ANON_RPM=100000", "RATE_LIMIT_USER_RPM=1000000", NULL};
-    ts_stack_opts o = {.dbname = "t_fault_breaker", .redis_db = 50, .admin_email = ADMIN_EMAIL,
-                       .admin_password = ADMIN_PASSWORD, .env_all = all};
+    char *all[] = {"BREAKER_OPEN_MS=1000",        "REQUEST_TIMEOUT_MS=1000",
+                   "ARGON2_MEMORY_KIB=1024",      "ARGON2_ITERATIONS=1",
+                   "RATE_LIMIT_AUTH_RPM=100000",  "RATE_LIMIT_ANON_RPM=100000",
+                   "RATE_LIMIT_USER_RPM=1000000", NULL};
+    ts_stack_opts o = {.dbname = "t_fault_breaker",
+                       .redis_db = 50,
+                       .admin_email = ADMIN_EMAIL,
+                       .admin_password = ADMIN_PASSWORD,
+                       .env_all = all};
     CU_ASSERT_EQUAL_FATAL(ts_stack_start(&g_s, &o), 0);
-    CU_ASSERT_EQUAL_FATAL(fc_login(g_s.port[TS_GW], ADMIN_EMAIL, ADMIN_PASSWORD, g_admin,
-                                   sizeof g_admin),
-                          200);
+    CU_ASSERT_EQUAL_FATAL(
+        fc_login(g_s.port[TS_GW], ADMIN_EMAIL, ADMIN_PASSWORD, g_admin, sizeof g_admin), 200);
     CU_ASSERT_EQUAL_FATAL(fc_register(g_s.port[TS_GW], "bob@fault-breaker.test", "bob-password-1",
                                       NULL, 0, g_bob_id, sizeof g_bob_id),
                           201);
@@ -160,8 +163,7 @@ static void test_kill_user_service(void)
             }
             /* The breaker's own answers: requests started once it was seen open, and ending
              * before it could have gone half-open (opened at most t_open - t_kill ago). */
-            if (t_open && s->t0 >= t_open && s->t1 <= t_open + OPEN_MS - 200 &&
-                s->status == 503)
+            if (t_open && s->t0 >= t_open && s->t1 <= t_open + OPEN_MS - 200 && s->status == 503)
                 lat[nlat++] = d;
         }
     }

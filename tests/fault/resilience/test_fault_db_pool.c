@@ -76,8 +76,8 @@ static void start_service(void)
     snprintf(env[7], sizeof env[7], "RPC_THREADS=8");
     snprintf(env[8], sizeof env[8], "PAGE_TOKEN_SECRET=fault");
     snprintf(env[9], sizeof env[9], "LOG_LEVEL=warn");
-    char *envp[] = {env[0], env[1], env[2], env[3], env[4], env[5], env[6], env[7], env[8],
-                    env[9], NULL};
+    char *envp[] = {env[0], env[1], env[2], env[3], env[4], env[5],
+                    env[6], env[7], env[8], env[9], NULL};
     char *argv[] = {(char *)ts_bin("user-service"), NULL};
     g_pid = ts_spawn(argv, envp, g_log);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(g_port, 20000), 0);
@@ -162,7 +162,7 @@ static void test_pool_exhausted(void)
         CU_ASSERT(c[i].e.retry_after_s >= 1); /* RetryInfo, i.e. HTTP Retry-After */
     }
     CU_ASSERT(c[CALLERS].ms < 2 * WAIT_MS); /* not retried: one wait, not three */
-    CU_ASSERT(t_callers < LOCK_MS); /* they did not wait for the lock */
+    CU_ASSERT(t_callers < LOCK_MS);         /* they did not wait for the lock */
     CU_ASSERT_EQUAL(waiting, 1);
     CU_ASSERT(timeouts1 - timeouts0 >= CALLERS);
     CU_ASSERT_EQUAL(lrc, 0);

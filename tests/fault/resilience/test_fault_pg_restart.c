@@ -36,8 +36,8 @@ typedef struct reg_worker {
 typedef struct upd_worker {
     pthread_t th;
     char token[2048], id[64];
-    long last_acked;   /* seq of the last 200 */
-    long last_tried;   /* seq of the last attempt (answered or not) */
+    long last_acked; /* seq of the last 200 */
+    long last_tried; /* seq of the last attempt (answered or not) */
     int errors, oks;
     atomic_llong first_ok_after;
 } upd_worker;
@@ -96,10 +96,10 @@ static void *upd_loop(void *arg)
 
 static void start_stack(void)
 {
-    char *all[] = {"ARGON2_MEMORY_KIB=1024", "ARGON2_ITERATIONS=1", "RATE_LIMIT_AUTH_RPM=1000000",
-                   "RATE_LIMIT_ANON_RPM=1000000", "RATE_LIMIT_USER_RPM=1000000",
-                   "BREAKER_OPEN_MS=1000", "REQUEST_TIMEOUT_MS=5000", "DB_POOL_WAIT_MS=1000",
-                   NULL};
+    char *all[] = {
+        "ARGON2_MEMORY_KIB=1024",      "ARGON2_ITERATIONS=1",         "RATE_LIMIT_AUTH_RPM=1000000",
+        "RATE_LIMIT_ANON_RPM=1000000", "RATE_LIMIT_USER_RPM=1000000", "BREAKER_OPEN_MS=1000",
+        "REQUEST_TIMEOUT_MS=5000",     "DB_POOL_WAIT_MS=1000",        NULL};
     ts_stack_opts o = {.dbname = DB, .redis_db = 51, .env_all = all};
     CU_ASSERT_EQUAL_FATAL(ts_stack_start(&g_s, &o), 0);
     g_ok_stack = 1;
@@ -181,8 +181,7 @@ static void test_pg_restart(void)
             snprintf(pat, sizeof pat, "\n%s", line);
             if (strncmp(users, line, strlen(line)) != 0 && !strstr(users, pat)) {
                 missing_user++;
-                fprintf(stderr, "  acknowledged registration missing in users.users: %s",
-                        line);
+                fprintf(stderr, "  acknowledged registration missing in users.users: %s", line);
             }
             if (strncmp(creds, line, strlen(line)) != 0 && !strstr(creds, pat))
                 missing_cred++;

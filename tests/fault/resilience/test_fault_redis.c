@@ -1,7 +1,7 @@
 /* fault_redis: Redis stops (`harness redis-stop`) under the whole stack. Asserts: (a) the user
  * service still answers GetUser from the database (direct gRPC, fast); (b) signed-in gateway routes
- * fail closed (503 + Retry-After: revocation cannot be checked), anonymous routes still work with the
- * per-process limiter (JWKS 200 with RateLimit-* headers), and login fails closed (503 +
+ * fail closed (503 + Retry-After: revocation cannot be checked), anonymous routes still work with
+ * the per-process limiter (JWKS 200 with RateLimit-* headers), and login fails closed (503 +
  * Retry-After: the lockout counters are in Redis); (c) after `harness redis-start` signed-in routes
  * answer 200 again within a few seconds; (d) a user created and one deleted during the outage show
  * up in the stream events.user once Redis is back (the outbox held them). Redis is restarted on
@@ -31,11 +31,14 @@ static char g_bob_tok[2048], g_bob_id[64];
 
 static void start_stack(void)
 {
-    char *all[] = {"ARGON2_MEMORY_KIB=1024", "ARGON2_ITERATIONS=1", "REDIS_TIMEOUT_MS=300",
-                   "OUTBOX_POLL_MS=100", "RATE_LIMIT_AUTH_RPM=100000",
-                   "RATE_LIMIT_ANON_RPM=100000", "RATE_LIMIT_USER_RPM=100000", NULL};
-    ts_stack_opts o = {.dbname = "t_fault_redis", .redis_db = REDIS_DB,
-                       .admin_email = ADMIN_EMAIL, .admin_password = ADMIN_PASSWORD,
+    char *all[] = {"ARGON2_MEMORY_KIB=1024",     "ARGON2_ITERATIONS=1",
+                   "REDIS_TIMEOUT_MS=300",       "OUTBOX_POLL_MS=100",
+                   "RATE_LIMIT_AUTH_RPM=100000", "RATE_LIMIT_ANON_RPM=100000",
+                   "RATE_LIMIT_USER_RPM=100000", NULL};
+    ts_stack_opts o = {.dbname = "t_fault_redis",
+                       .redis_db = REDIS_DB,
+                       .admin_email = ADMIN_EMAIL,
+                       .admin_password = ADMIN_PASSWORD,
                        .env_all = all};
     CU_ASSERT_EQUAL_FATAL(ts_stack_start(&g_s, &o), 0);
     CU_ASSERT_EQUAL_FATAL(fc_register(g_s.port[TS_GW], "bob@fault-redis.test", "bob-password-1",
@@ -132,7 +135,8 @@ static void test_redis_down(void)
     fc_res_free(&x);
     err_info e;
     char victim[64] = "", created[64] = "";
-    CU_ASSERT_EQUAL_FATAL(create_user("victim@fault-redis.test", victim, sizeof victim, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(create_user("victim@fault-redis.test", victim, sizeof victim, &e),
+                          ERR_OK);
 
     CU_ASSERT_EQUAL_FATAL(ts_harness("redis-stop"), 0);
     long long t_down = ts_now_ms();
@@ -180,11 +184,14 @@ static void test_redis_down(void)
     CU_ASSERT_EQUAL(create_user("created@fault-redis.test", created, sizeof created, &e), ERR_OK);
     CU_ASSERT_EQUAL(delete_user(victim, &e), ERR_OK);
     usleep(2000000); /* the relay tries, fails and backs off meanwhile */
-    double cache_err = fc_metric(g_s.metrics_port[TS_USER], "user_cache_requests_total{result=\"error\"}");
+    double cache_err =
+        fc_metric(g_s.metrics_port[TS_USER], "user_cache_requests_total{result=\"error\"}");
     double relay_err = fc_metric(g_s.metrics_port[TS_USER], "user_outbox_errors_total");
     double backlog = fc_metric(g_s.metrics_port[TS_USER], "outbox_backlog");
-    fprintf(stderr, "  user service during the outage: cache errors %.0f, relay errors %.0f, "
-            "outbox backlog %.0f\n", cache_err, relay_err, backlog);
+    fprintf(stderr,
+            "  user service during the outage: cache errors %.0f, relay errors %.0f, "
+            "outbox backlog %.0f\n",
+            cache_err, relay_err, backlog);
     CU_ASSERT(cache_err >= 5); /* each GetUser above fell back to the database, counted */
     CU_ASSERT(relay_err >= 1);
     CU_ASSERT(backlog >= 2);
@@ -226,9 +233,8 @@ int main(void)
     ts_need_env("PGPORT");
     log_init("fault_redis", LOG_WARN);
     atexit(fc_harness_ensure); /* Redis up again even if this program dies midway */
-    static const ts_case cases[] = {{"start stack", start_stack},
-                                    {"Redis down and back", test_redis_down},
-                                    {NULL, NULL}};
+    static const ts_case cases[] = {
+        {"start stack", start_stack}, {"Redis down and back", test_redis_down}, {NULL, NULL}};
     int rc = ts_main("fault_redis", cases);
     fc_harness_ensure();
     rpc_client_free(g_user);

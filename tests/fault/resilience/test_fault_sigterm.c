@@ -78,10 +78,10 @@ static void stop_clients(void)
 
 static void start_stack(void)
 {
-    char *all[] = {"ARGON2_MEMORY_KIB=1024", "ARGON2_ITERATIONS=1", "RATE_LIMIT_AUTH_RPM=100000",
-                   "RATE_LIMIT_ANON_RPM=100000", "RATE_LIMIT_USER_RPM=1000000",
-                   "BREAKER_OPEN_MS=1000", "SHUTDOWN_GRACE_MS=5000",
-                   "DB_STATEMENT_TIMEOUT_MS=20000", NULL};
+    char *all[] = {
+        "ARGON2_MEMORY_KIB=1024",     "ARGON2_ITERATIONS=1",           "RATE_LIMIT_AUTH_RPM=100000",
+        "RATE_LIMIT_ANON_RPM=100000", "RATE_LIMIT_USER_RPM=1000000",   "BREAKER_OPEN_MS=1000",
+        "SHUTDOWN_GRACE_MS=5000",     "DB_STATEMENT_TIMEOUT_MS=20000", NULL};
     char *user[] = {"RPC_THREADS=8", NULL};
     ts_stack_opts o = {.dbname = DB, .redis_db = 54, .env_all = all, .env[TS_USER] = user};
     CU_ASSERT_EQUAL_FATAL(ts_stack_start(&g_s, &o), 0);
@@ -117,7 +117,8 @@ static tally count(long long t_sig)
                 t.inflight++;
                 if (!ok) {
                     t.inflight_failed++;
-                    fprintf(stderr, "  in-flight request failed: status %d, sent %lld ms before "
+                    fprintf(stderr,
+                            "  in-flight request failed: status %d, sent %lld ms before "
                             "the signal, answered %lld ms after\n",
                             s->status, t_sig - s->sent, s->t1 - t_sig);
                 }

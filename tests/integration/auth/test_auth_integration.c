@@ -229,8 +229,8 @@ static err_code do_refresh(arena *a, const char *refresh, Auth__V1__TokenPair **
     Auth__V1__RefreshRequest r = AUTH__V1__REFRESH_REQUEST__INIT;
     r.refresh_token = (char *)refresh;
     Auth__V1__TokenPair *resp = NULL;
-    err_code rc =
-        call(g_auth, AUTH("Refresh"), &r.base, &auth__v1__token_pair__descriptor, NULL, a, &resp, e);
+    err_code rc = call(g_auth, AUTH("Refresh"), &r.base, &auth__v1__token_pair__descriptor, NULL, a,
+                       &resp, e);
     if (rc == ERR_OK) {
         track(resp->access_token);
         track(resp->refresh_token);
@@ -347,7 +347,8 @@ static void wait_ready(void)
     err_info e;
     int streak = 0;
     for (int i = 0; i < 400 && streak < 25; i++) {
-        if (do_register(a, unique_email(a, "probe"), "probe password", "Probe", NULL, &e) == ERR_OK) {
+        if (do_register(a, unique_email(a, "probe"), "probe password", "Probe", NULL, &e) ==
+            ERR_OK) {
             streak++;
         } else {
             streak = 0;
@@ -406,10 +407,12 @@ static void test_register_login_validate(void)
     char *h = sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1", rr->user->id);
     CU_ASSERT_PTR_NOT_NULL_FATAL(h);
     CU_ASSERT_EQUAL(strncmp(h, "$argon2id$", 10), 0);
-    CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM refresh_tokens WHERE hash = $1",
-                             rr->refresh_token), 0);
+    CU_ASSERT_EQUAL(
+        sql_long("SELECT count(*) FROM refresh_tokens WHERE hash = $1", rr->refresh_token), 0);
     CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM refresh_tokens t JOIN sessions s ON "
-                             "s.id = t.session_id WHERE s.user_id = $1", rr->user->id), 1);
+                             "s.id = t.session_id WHERE s.user_id = $1",
+                             rr->user->id),
+                    1);
     /* login, with the email in another case and padded */
     char *loud = arena_printf(a, "  %s ", email);
     for (char *p = loud; *p; p++)
@@ -421,8 +424,9 @@ static void test_register_login_validate(void)
     /* JWKS: the published key verifies the token locally */
     Auth__V1__GetJwksRequest jr = AUTH__V1__GET_JWKS_REQUEST__INIT;
     Auth__V1__Jwks *jwks = NULL;
-    CU_ASSERT_EQUAL_FATAL(call(g_auth, AUTH("GetJwks"), &jr.base, &auth__v1__jwks__descriptor, NULL,
-                               a, &jwks, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        call(g_auth, AUTH("GetJwks"), &jr.base, &auth__v1__jwks__descriptor, NULL, a, &jwks, &e),
+        ERR_OK);
     CU_ASSERT_EQUAL_FATAL(jwks->n_keys, 1);
     CU_ASSERT_STRING_EQUAL(jwks->keys[0]->kty, "EC");
     CU_ASSERT_STRING_EQUAL(jwks->keys[0]->crv, "P-256");
@@ -457,8 +461,9 @@ static void test_register_errors(void)
                     ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "password"));
     /* 8 characters of multi-byte UTF-8 are 8 characters */
-    CU_ASSERT_EQUAL(do_register(a, unique_email(a, "utf8"), "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
-                                                          "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
+    CU_ASSERT_EQUAL(do_register(a, unique_email(a, "utf8"),
+                                "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                                "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
                                 "U", NULL, &e),
                     ERR_OK);
     const char *email = unique_email(a, "dup");
@@ -535,7 +540,8 @@ static void test_disabled_user(void)
     ur.update_mask = &fm;
     User__V1__User *out = NULL;
     CU_ASSERT_EQUAL_FATAL(call(g_user, "/user.v1.UserService/UpdateUser", &ur.base,
-                               &user__v1__user__descriptor, NULL, a, &out, &e), ERR_OK);
+                               &user__v1__user__descriptor, NULL, a, &out, &e),
+                          ERR_OK);
     CU_ASSERT_EQUAL(do_login(a, email, "disabled password", NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_login(a, unique_email(a, "nobody"), "disabled password", NULL, &e2),
                     ERR_UNAUTHENTICATED);
@@ -614,7 +620,9 @@ static void test_refresh_rotation_and_reuse(void)
     CU_ASSERT_EQUAL(do_validate(a, p3->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_validate(a, p2->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM sessions WHERE id = $1 AND revoke_reason = "
-                             "'refresh_reuse'", c1->sid), 1);
+                             "'refresh_reuse'",
+                             c1->sid),
+                    1);
     /* another session of the same user is untouched */
     CU_ASSERT_EQUAL(do_validate(a, other->access_token, NULL, &e), ERR_OK);
     CU_ASSERT_EQUAL(do_refresh(a, other->refresh_token, NULL, &e), ERR_OK);
@@ -688,24 +696,28 @@ static void test_logout(void)
     Google__Protobuf__Empty *empty = NULL;
     /* nothing named → invalid */
     CU_ASSERT_EQUAL(call(g_auth, AUTH("Logout"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_INVALID_ARGUMENT);
+                         NULL, a, &empty, &e),
+                    ERR_INVALID_ARGUMENT);
     /* somebody else's session → NOT_FOUND */
     lr.session_id = c->sid;
     lr.user_id = "00000000-0000-4000-8000-000000000001";
     CU_ASSERT_EQUAL(call(g_auth, AUTH("Logout"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_NOT_FOUND);
+                         NULL, a, &empty, &e),
+                    ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(do_validate(a, p->access_token, NULL, &e), ERR_OK);
     lr.session_id = "";
     lr.user_id = rr->user->id;
     lr.refresh_token = p->refresh_token;
     lr.jti = c->jti;
     CU_ASSERT_EQUAL(call(g_auth, AUTH("Logout"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_OK);
+                         NULL, a, &empty, &e),
+                    ERR_OK);
     CU_ASSERT_EQUAL(do_validate(a, p->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_refresh(a, p->refresh_token, NULL, &e), ERR_UNAUTHENTICATED);
     /* idempotent */
     CU_ASSERT_EQUAL(call(g_auth, AUTH("Logout"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_OK);
+                         NULL, a, &empty, &e),
+                    ERR_OK);
     /* the other session lives */
     CU_ASSERT_EQUAL(do_validate(a, q->access_token, NULL, &e), ERR_OK);
     /* deny list key with a TTL no longer than the token's life */
@@ -732,7 +744,8 @@ static void test_logout_all(void)
     lr.user_id = rr->user->id;
     Google__Protobuf__Empty *empty = NULL;
     CU_ASSERT_EQUAL(call(g_auth, AUTH("LogoutAll"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_OK);
+                         NULL, a, &empty, &e),
+                    ERR_OK);
     CU_ASSERT_EQUAL(do_validate(a, p->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_validate(a, rr->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_refresh(a, p->refresh_token, NULL, &e), ERR_UNAUTHENTICATED);
@@ -743,7 +756,8 @@ static void test_logout_all(void)
     CU_ASSERT_EQUAL(do_validate(a, n->access_token, NULL, &e), ERR_OK);
     lr.user_id = "bad";
     CU_ASSERT_EQUAL(call(g_auth, AUTH("LogoutAll"), &lr.base, &google__protobuf__empty__descriptor,
-                         NULL, a, &empty, &e), ERR_INVALID_ARGUMENT);
+                         NULL, a, &empty, &e),
+                    ERR_INVALID_ARGUMENT);
     arena_free(a);
 }
 
@@ -777,7 +791,8 @@ static void test_change_password(void)
     CU_ASSERT_TRUE(has_violation(&e, "new_password"));
     cr.new_password = "new password 2";
     CU_ASSERT_EQUAL_FATAL(call(g_auth, AUTH("ChangePassword"), &cr.base,
-                               &google__protobuf__empty__descriptor, NULL, a, &empty, &e), ERR_OK);
+                               &google__protobuf__empty__descriptor, NULL, a, &empty, &e),
+                          ERR_OK);
     /* mine survives, the others die at once */
     CU_ASSERT_EQUAL(do_validate(a, mine->access_token, NULL, &e), ERR_OK);
     CU_ASSERT_EQUAL(do_validate(a, other->access_token, NULL, &e), ERR_UNAUTHENTICATED);
@@ -796,8 +811,11 @@ static void test_sessions(void)
     const char *email = unique_email(a, "sess");
     Auth__V1__RegisterResponse *rr = NULL;
     CU_ASSERT_EQUAL_FATAL(do_register(a, email, "sessions password", "S", &rr, &e), ERR_OK);
-    rpc_metadata md = {.request_id = "", .traceparent = "", .authorization = "",
-                       .user_agent = "integration-agent/1.0", .client_ip = "203.0.113.7",
+    rpc_metadata md = {.request_id = "",
+                       .traceparent = "",
+                       .authorization = "",
+                       .user_agent = "integration-agent/1.0",
+                       .client_ip = "203.0.113.7",
                        .actor_id = ""};
     Auth__V1__TokenPair *p = NULL;
     CU_ASSERT_EQUAL_FATAL(do_login_md(a, email, "sessions password", &md, &p, &e), ERR_OK);
@@ -836,14 +854,17 @@ static void test_sessions(void)
     rv.user_id = "00000000-0000-4000-8000-000000000002";
     Google__Protobuf__Empty *empty = NULL;
     CU_ASSERT_EQUAL(call(g_auth, AUTH("RevokeSession"), &rv.base,
-                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e), ERR_NOT_FOUND);
+                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e),
+                    ERR_NOT_FOUND);
     rv.session_id = "00000000-0000-4000-8000-000000000003";
     rv.user_id = rr->user->id;
     CU_ASSERT_EQUAL(call(g_auth, AUTH("RevokeSession"), &rv.base,
-                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e), ERR_NOT_FOUND);
+                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e),
+                    ERR_NOT_FOUND);
     rv.session_id = c->sid;
     CU_ASSERT_EQUAL(call(g_auth, AUTH("RevokeSession"), &rv.base,
-                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e), ERR_OK);
+                         &google__protobuf__empty__descriptor, NULL, a, &empty, &e),
+                    ERR_OK);
     CU_ASSERT_EQUAL(do_validate(a, p->access_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL(do_refresh(a, p->refresh_token, NULL, &e), ERR_UNAUTHENTICATED);
     CU_ASSERT_EQUAL_FATAL(call(g_auth, AUTH("ListSessions"), &lr.base,
@@ -1004,8 +1025,12 @@ static void test_redis_down_fails_closed(void)
     int port = ts_free_port(), dead = ts_free_port();
     char redis[64];
     snprintf(redis, sizeof redis, "REDIS_URL=redis://127.0.0.1:%d/0", dead);
-    char *extra[] = {redis, "ARGON2_MEMORY_KIB=1024", "ARGON2_ITERATIONS=1",
-                     "AUTH_EVENTS_ENABLED=false", "BOOTSTRAP_ADMIN_EMAIL=", NULL};
+    char *extra[] = {redis,
+                     "ARGON2_MEMORY_KIB=1024",
+                     "ARGON2_ITERATIONS=1",
+                     "AUTH_EVENTS_ENABLED=false",
+                     "BOOTSTRAP_ADMIN_EMAIL=",
+                     NULL};
     int pid = spawn_auth_env(port, g_log_misc, extra);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(port, 20000), 0);
     rpc_client *c2 = test_client(port, "auth2");
@@ -1019,8 +1044,9 @@ static void test_redis_down_fails_closed(void)
     lr.email = (char *)email;
     lr.password = "closed password";
     Auth__V1__TokenPair *tp = NULL;
-    CU_ASSERT_EQUAL(call(c2, AUTH("Login"), &lr.base, &auth__v1__token_pair__descriptor, NULL, a,
-                         &tp, &e), ERR_UNAVAILABLE);
+    CU_ASSERT_EQUAL(
+        call(c2, AUTH("Login"), &lr.base, &auth__v1__token_pair__descriptor, NULL, a, &tp, &e),
+        ERR_UNAVAILABLE);
     rpc_client_free(c2);
     CU_ASSERT_EQUAL(ts_stop(pid, 15, 10000), 0);
     arena_free(a);
@@ -1043,7 +1069,8 @@ static void *storm_login(void *p)
     lr.password = "storm password";
     Auth__V1__TokenPair *tp = NULL;
     pthread_barrier_wait(s->bar);
-    s->rc = call(s->c, AUTH("Login"), &lr.base, &auth__v1__token_pair__descriptor, NULL, a, &tp, &e);
+    s->rc =
+        call(s->c, AUTH("Login"), &lr.base, &auth__v1__token_pair__descriptor, NULL, a, &tp, &e);
     if (s->rc == ERR_OK) {
         track(tp->access_token);
         track(tp->refresh_token);
@@ -1062,9 +1089,14 @@ static void test_hash_pool_full(void)
     /* Two RPC threads and room for 1 + 4 hash jobs: without the admission limit both threads
      * would sit in Login handlers waiting for the slow hashes, and GetJwks would wait behind them
      * for at least one full hash (hundreds of ms); with it one thread stays free. */
-    char *extra[] = {"HASH_WORKERS=1", "HASH_QUEUE=4", "ARGON2_MEMORY_KIB=65536",
-                     "ARGON2_ITERATIONS=4", "AUTH_EVENTS_ENABLED=false", "BOOTSTRAP_ADMIN_EMAIL=",
-                     "RPC_THREADS=2", NULL};
+    char *extra[] = {"HASH_WORKERS=1",
+                     "HASH_QUEUE=4",
+                     "ARGON2_MEMORY_KIB=65536",
+                     "ARGON2_ITERATIONS=4",
+                     "AUTH_EVENTS_ENABLED=false",
+                     "BOOTSTRAP_ADMIN_EMAIL=",
+                     "RPC_THREADS=2",
+                     NULL};
     int pid = spawn_auth_env(port, g_log_misc, extra);
     CU_ASSERT_EQUAL_FATAL(ts_wait_port(port, 20000), 0);
     rpc_client *c3 = test_client(port, "auth3");
@@ -1074,8 +1106,9 @@ static void test_hash_pool_full(void)
     one.password = "storm password";
     Auth__V1__TokenPair *tp1 = NULL;
     double l0 = now_s();
-    CU_ASSERT_EQUAL(call(c3, AUTH("Login"), &one.base, &auth__v1__token_pair__descriptor, NULL, a,
-                         &tp1, &e), ERR_OK);
+    CU_ASSERT_EQUAL(
+        call(c3, AUTH("Login"), &one.base, &auth__v1__token_pair__descriptor, NULL, a, &tp1, &e),
+        ERR_OK);
     double login_ms = (now_s() - l0) * 1e3;
     if (tp1) {
         track(tp1->access_token);
@@ -1095,8 +1128,9 @@ static void test_hash_pool_full(void)
     Auth__V1__GetJwksRequest jr = AUTH__V1__GET_JWKS_REQUEST__INIT;
     Auth__V1__Jwks *jwks = NULL;
     double t0 = now_s();
-    CU_ASSERT_EQUAL(call(c3, AUTH("GetJwks"), &jr.base, &auth__v1__jwks__descriptor, NULL, a, &jwks,
-                         &e), ERR_OK);
+    CU_ASSERT_EQUAL(
+        call(c3, AUTH("GetJwks"), &jr.base, &auth__v1__jwks__descriptor, NULL, a, &jwks, &e),
+        ERR_OK);
     double cheap_ms = (now_s() - t0) * 1e3;
     int ok = 0, busy = 0;
     for (int i = 0; i < N; i++) {
@@ -1124,23 +1158,23 @@ static void test_rehash_on_login(void)
     const char *email = unique_email(a, "rehash");
     Auth__V1__RegisterResponse *rr = NULL;
     CU_ASSERT_EQUAL_FATAL(do_register(a, email, "rehash password", "R", &rr, &e), ERR_OK);
-    char *before = sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1",
-                            rr->user->id);
+    char *before =
+        sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1", rr->user->id);
     CU_ASSERT_PTR_NOT_NULL_FATAL(before);
     CU_ASSERT_PTR_NOT_NULL(strstr(before, "m=1024,t=1"));
     stop_auth();
     char *stronger[] = {"ARGON2_MEMORY_KIB=8192", "ARGON2_ITERATIONS=2", NULL};
     start_auth(stronger);
     CU_ASSERT_EQUAL(do_login(a, email, "rehash password", NULL, &e), ERR_OK);
-    char *after = sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1",
-                           rr->user->id);
+    char *after =
+        sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1", rr->user->id);
     CU_ASSERT_PTR_NOT_NULL_FATAL(after);
     CU_ASSERT_STRING_NOT_EQUAL(before, after);
     CU_ASSERT_PTR_NOT_NULL(strstr(after, "m=8192,t=2"));
     /* the upgraded hash still verifies, and is not upgraded again */
     CU_ASSERT_EQUAL(do_login(a, email, "rehash password", NULL, &e), ERR_OK);
-    char *again = sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1",
-                           rr->user->id);
+    char *again =
+        sql_text(a, "SELECT password_hash FROM credentials WHERE user_id = $1", rr->user->id);
     CU_ASSERT_STRING_EQUAL(after, again);
     CU_ASSERT_EQUAL(do_login(a, email, "wrong rehash password", NULL, &e), ERR_UNAUTHENTICATED);
     arena_free(a);
@@ -1170,7 +1204,8 @@ static void test_events_user_deleted(void)
     dr.id = rr->user->id;
     Google__Protobuf__Empty *empty = NULL;
     CU_ASSERT_EQUAL_FATAL(call(g_user, "/user.v1.UserService/DeleteUser", &dr.base,
-                               &google__protobuf__empty__descriptor, NULL, a, &empty, &e), ERR_OK);
+                               &google__protobuf__empty__descriptor, NULL, a, &empty, &e),
+                          ERR_OK);
     CU_ASSERT_TRUE(wait_unauth(a, p->access_token, 10000));
     CU_ASSERT_TRUE(wait_unauth(a, rr->access_token, 2000));
     for (int t = 0; t < 50; t++) {
@@ -1180,8 +1215,11 @@ static void test_events_user_deleted(void)
         sleep_ms(100);
     }
     CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM sessions WHERE user_id = $1 AND revoke_reason "
-                             "= 'user_deleted'", rr->user->id), 2);
-    CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM credentials WHERE user_id = $1", rr->user->id), 0);
+                             "= 'user_deleted'",
+                             rr->user->id),
+                    2);
+    CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM credentials WHERE user_id = $1", rr->user->id),
+                    0);
     CU_ASSERT_EQUAL(do_refresh(a, p->refresh_token, NULL, &e), ERR_UNAUTHENTICATED);
     arena_free(a);
 }
@@ -1213,14 +1251,23 @@ static void test_events_reclaim_pending(void)
     Auth__V1__RegisterResponse *rr = NULL;
     CU_ASSERT_EQUAL_FATAL(do_register(a, email, "pending password", "P", &rr, &e), ERR_OK);
     stop_auth();
-    const char *xadd[] = {"XADD", "events.user", "*", "type", "user.deleted", "user_id",
-                          rr->user->id, "event_id", "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
-                          "occurred_at", "2026-11-22T00:00:00Z"};
+    const char *xadd[] = {"XADD",
+                          "events.user",
+                          "*",
+                          "type",
+                          "user.deleted",
+                          "user_id",
+                          rr->user->id,
+                          "event_id",
+                          "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+                          "occurred_at",
+                          "2026-11-22T00:00:00Z"};
     cache_reply *r = NULL;
     CU_ASSERT_EQUAL_FATAL(cache_command(g_redis, 11, xadd, NULL, &r, &e), ERR_OK);
     cache_reply_free(r);
-    const char *read[] = {"XREADGROUP", "GROUP", "auth-service", "dead-consumer", "COUNT", "1000",
-                          "STREAMS", "events.user", ">"};
+    const char *read[] = {"XREADGROUP",    "GROUP",       "auth-service",
+                          "dead-consumer", "COUNT",       "1000",
+                          "STREAMS",       "events.user", ">"};
     r = NULL;
     CU_ASSERT_EQUAL_FATAL(cache_command(g_redis, 9, read, NULL, &r, &e), ERR_OK);
     CU_ASSERT_EQUAL(cache_reply_kind(r), CACHE_REPLY_ARRAY);
@@ -1234,7 +1281,9 @@ static void test_events_reclaim_pending(void)
         sleep_ms(100);
     CU_ASSERT_EQUAL(redis_int(3, pend), 0);
     CU_ASSERT_EQUAL(sql_long("SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_time "
-                             "IS NULL", rr->user->id), 0);
+                             "IS NULL",
+                             rr->user->id),
+                    0);
     arena_free(a);
 }
 
@@ -1254,7 +1303,8 @@ static void test_bootstrap_idempotent(void)
 static void test_metrics(void)
 {
     char cmd[200];
-    snprintf(cmd, sizeof cmd, "python3 -c \"import urllib.request as u; "
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import urllib.request as u; "
              "print(u.urlopen('http://127.0.0.1:%d/metrics', timeout=5).read().decode())\"",
              g_auth_mport);
     FILE *f = popen(cmd, "r");
@@ -1357,8 +1407,11 @@ static void setup(void)
     g_auth = test_client(g_auth_port, "auth");
     g_user = test_client(g_user_port, "user");
     g_perm = test_client(g_perm_port, "permission");
-    db_pool_opts dbo = {.conninfo = g_auth_conninfo, .schema = "auth", .size = 2,
-                        .acquire_timeout_ms = 5000, .statement_timeout_ms = 10000};
+    db_pool_opts dbo = {.conninfo = g_auth_conninfo,
+                        .schema = "auth",
+                        .size = 2,
+                        .acquire_timeout_ms = 5000,
+                        .statement_timeout_ms = 10000};
     g_db = db_pool_new(&dbo, &e);
     cache_opts ro = {.url = ts_redis_url_db(REDIS_DB), .timeout_ms = 2000, .backoff_max_ms = 100};
     g_redis = cache_new(&ro, &e);

@@ -20,9 +20,11 @@
 #include "test_support.h"
 
 #define SVC "test.v1.EchoService"
-#define M_GET "/test.v1.EchoService/GetThing"   /* an idempotent read: retried */
-#define M_WRITE "/test.v1.EchoService/Echo"     /* not a read: never retried */
-#define M_NEST "/test.v1.EchoService/GetNested" /* calls M_GET through `inner` with ctx as parent */
+#define M_GET "/test.v1.EchoService/GetThing" /* an idempotent read: retried */
+#define M_WRITE "/test.v1.EchoService/Echo"   /* not a read: never retried */
+#define M_NEST                                                                                     \
+    "/test.v1.EchoService/GetNested" /* calls M_GET through `inner` with ctx as parent             \
+                                      */
 
 static rpc_server *srv;
 static char target[64];
@@ -56,7 +58,8 @@ static err_code handle(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMess
         sleep_ms(req->sleep_ms);
     if (req->fail_code)
         return err_set(e, (err_code)req->fail_code, "%s",
-                       req->fail_message && *req->fail_message ? req->fail_message : "asked to fail");
+                       req->fail_message && *req->fail_message ? req->fail_message
+                                                               : "asked to fail");
     Test__V1__EchoResponse *r = arena_alloc(ctx->arena, sizeof *r);
     test__v1__echo_response__init(r);
     r->text = req->text;
@@ -103,12 +106,16 @@ static rpc_client *client(const char *name, const char *addr, metrics_registry *
                           breaker_mode mode, int margin_ms)
 {
     rpc_client_opts o = {.target = addr ? addr : target, .name = name, .default_timeout_ms = 2000};
-    breaker_opts bo = {.window = 10, .min_calls = 5, .failure_rate_pct = 50, .open_wait_ms = 300,
-                       .half_open_calls = 2, .mode = mode};
-    retry_opts ro = {.max_retries = 2, .base_ms = 2, .max_ms = 4, .budget_pct = 10,
-                     .min_tokens = 3};
-    rpc_client_ext_opts x = {.breaker = &bo, .retry = &ro, .metrics = r,
-                             .deadline_margin_ms = margin_ms};
+    breaker_opts bo = {.window = 10,
+                       .min_calls = 5,
+                       .failure_rate_pct = 50,
+                       .open_wait_ms = 300,
+                       .half_open_calls = 2,
+                       .mode = mode};
+    retry_opts ro = {
+        .max_retries = 2, .base_ms = 2, .max_ms = 4, .budget_pct = 10, .min_tokens = 3};
+    rpc_client_ext_opts x = {
+        .breaker = &bo, .retry = &ro, .metrics = r, .deadline_margin_ms = margin_ms};
     err_info e;
     rpc_client *c = rpc_client_new_ext(&o, &x, &e);
     CU_ASSERT_PTR_NOT_NULL(c);
@@ -124,8 +131,8 @@ static err_code call(rpc_client *c, const char *method, int fail_code, int sleep
     req.sleep_ms = sleep;
     rpc_call_opts o = {.deadline_ms = dl_ms};
     ProtobufCMessage *m = NULL;
-    err_code rc = rpc_client_call(c, method, &req.base, &test__v1__echo_response__descriptor, &o,
-                                  a, &m, e);
+    err_code rc =
+        rpc_client_call(c, method, &req.base, &test__v1__echo_response__descriptor, &o, a, &m, e);
     if (out)
         *out = (Test__V1__EchoResponse *)m;
     return rc;
@@ -196,13 +203,15 @@ static void test_breaker_opens_and_rejects_fast(void)
     CU_ASSERT_EQUAL(st.retries, 0); /* circuit-open answers are never retried */
     CU_ASSERT_EQUAL(metric(r, "circuit_breaker_state{target=\"t_open\"}"), 1);
     CU_ASSERT_EQUAL(metric(r, "circuit_breaker_rejected_total{target=\"t_open\"}"), 20);
-    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_open\",to=\"open\"}"), 1);
+    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_open\",to=\"open\"}"),
+                    1);
     CU_ASSERT_EQUAL(metric(r, "grpc_client_handled_total{target=\"t_open\",grpc_service=\"" SVC
                               "\",grpc_method=\"Echo\",grpc_code=\"INTERNAL\"}"),
                     5);
-    CU_ASSERT_EQUAL(metric(r, "grpc_client_handling_seconds_count{target=\"t_open\",grpc_service=\"" SVC
-                              "\",grpc_method=\"Echo\"}"),
-                    5);
+    CU_ASSERT_EQUAL(
+        metric(r, "grpc_client_handling_seconds_count{target=\"t_open\",grpc_service=\"" SVC
+                  "\",grpc_method=\"Echo\"}"),
+        5);
     rpc_client_free(c);
     metrics_registry_free(r);
 }
@@ -215,7 +224,9 @@ static void test_not_found_never_opens(void)
     err_info e;
     /* Answers that mean "the target works": NOT_FOUND, INVALID_ARGUMENT, ALREADY_EXISTS... */
     for (int i = 0; i < 30; i++) {
-        int code = i % 3 == 0 ? ERR_NOT_FOUND : i % 3 == 1 ? ERR_INVALID_ARGUMENT : ERR_ALREADY_EXISTS;
+        int code = i % 3 == 0   ? ERR_NOT_FOUND
+                   : i % 3 == 1 ? ERR_INVALID_ARGUMENT
+                                : ERR_ALREADY_EXISTS;
         CU_ASSERT_EQUAL(call_simple(c, M_GET, code, &e), (err_code)code);
     }
     CU_ASSERT_EQUAL(atomic_load(&calls_get), 30); /* every one reached the server, none retried */
@@ -255,10 +266,12 @@ static void test_half_open_then_closed(void)
     CU_ASSERT_EQUAL(breaker_state_get(b), BREAKER_CLOSED);
     CU_ASSERT_EQUAL(atomic_load(&calls_write) - before, 2);
     CU_ASSERT_EQUAL(metric(r, "circuit_breaker_state{target=\"t_half\"}"), 0);
-    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"open\"}"), 2);
-    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"half_open\"}"),
+    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"open\"}"),
                     2);
-    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"closed\"}"), 1);
+    CU_ASSERT_EQUAL(
+        metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"half_open\"}"), 2);
+    CU_ASSERT_EQUAL(metric(r, "circuit_breaker_transitions_total{target=\"t_half\",to=\"closed\"}"),
+                    1);
     rpc_client_free(c);
     metrics_registry_free(r);
 }
@@ -317,7 +330,8 @@ static void test_killed_server(void)
     char addr[64], portarg[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     snprintf(portarg, sizeof portarg, "127.0.0.1:%d", port);
-    char *argv[] = {(char *)ts_bin("rpc_test_server"), "--addr", portarg, "--log-level", "warn", NULL};
+    char *argv[] = {
+        (char *)ts_bin("rpc_test_server"), "--addr", portarg, "--log-level", "warn", NULL};
     int pid = ts_spawn(argv, NULL, "/dev/null");
     CU_ASSERT_FATAL(pid > 0);
     CU_ASSERT_FATAL(ts_wait_port(port, 10000) == 0);
@@ -459,9 +473,9 @@ static void test_no_retry_on_circuit_open_from_downstream(void)
     req.fail_message = "circuit open: user";
     ProtobufCMessage *m = NULL;
     err_info e;
-    CU_ASSERT_EQUAL(rpc_client_call(c, M_GET, &req.base, &test__v1__echo_response__descriptor,
-                                    NULL, a, &m, &e),
-                    ERR_UNAVAILABLE);
+    CU_ASSERT_EQUAL(
+        rpc_client_call(c, M_GET, &req.base, &test__v1__echo_response__descriptor, NULL, a, &m, &e),
+        ERR_UNAVAILABLE);
     CU_ASSERT_EQUAL(atomic_load(&calls_get), 1);
     arena_free(a);
     rpc_client_free(c);
@@ -662,8 +676,9 @@ static void test_call_flags(void)
     Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
     int before = atomic_load(&calls_write);
-    CU_ASSERT_EQUAL(rpc_client_call_flags(c, M_WRITE, &req.base, &test__v1__echo_response__descriptor,
-                                          NULL, RPC_CALL_BYPASS_BREAKER, a, &m, &e),
+    CU_ASSERT_EQUAL(rpc_client_call_flags(c, M_WRITE, &req.base,
+                                          &test__v1__echo_response__descriptor, NULL,
+                                          RPC_CALL_BYPASS_BREAKER, a, &m, &e),
                     ERR_OK);
     CU_ASSERT_EQUAL(atomic_load(&calls_write), before + 1);
     /* Not recorded: still open, and a plain call is still refused. */
@@ -733,8 +748,9 @@ static void test_policy_from_env(void)
     setenv("BREAKER_FAILURE_RATE_PCT", "101", 1);
     CU_ASSERT_EQUAL(rpc_client_policy_load(&p, &e), ERR_INVALID_ARGUMENT);
     CU_ASSERT(strstr(e.msg, "BREAKER_FAILURE_RATE_PCT") != NULL);
-    const char *vars[] = {"BREAKER_OPEN_MS", "BREAKER_MIN_CALLS", "RPC_RETRY_MAX",
-                          "RPC_DEADLINE_MARGIN_MS", "BREAKER_MODE", "BREAKER_FAILURE_RATE_PCT"};
+    const char *vars[] = {"BREAKER_OPEN_MS", "BREAKER_MIN_CALLS",
+                          "RPC_RETRY_MAX",   "RPC_DEADLINE_MARGIN_MS",
+                          "BREAKER_MODE",    "BREAKER_FAILURE_RATE_PCT"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
 

@@ -1,4 +1,5 @@
-/* echo_service: echoes its request and the call's context; misbehaves on request (see echo.proto). */
+/* echo_service: echoes its request and the call's context; misbehaves on request (see echo.proto).
+ */
 #include "echo_service.h"
 
 #include <stdio.h>
@@ -34,8 +35,8 @@ static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessag
             const char *colon = strchr(v, ':');
             int flen = colon ? (int)(colon - v) : (int)strlen(v);
             err_violation_add(e, "", "%s", colon ? colon + 1 : "");
-            snprintf(e->violations[e->nviolations - 1].field, sizeof e->violations[0].field,
-                     "%.*s", flen, v);
+            snprintf(e->violations[e->nviolations - 1].field, sizeof e->violations[0].field, "%.*s",
+                     flen, v);
         }
         e->retry_after_s = req->retry_after_s;
         if (req->fail_code != 0)
@@ -65,9 +66,9 @@ static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessag
         rpc_call_opts o = {.parent = ctx};
         ProtobufCMessage *nresp = NULL;
         err_info ne;
-        err_code rc = rpc_client_call(st->self, ECHO_METHOD, &nreq.base,
-                                      &test__v1__echo_response__descriptor, &o, ctx->arena, &nresp,
-                                      &ne);
+        err_code rc =
+            rpc_client_call(st->self, ECHO_METHOD, &nreq.base, &test__v1__echo_response__descriptor,
+                            &o, ctx->arena, &nresp, &ne);
         if (rc == ERR_OK)
             r->nested = (Test__V1__EchoResponse *)nresp;
         else

@@ -40,8 +40,10 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--log-level") == 0)
             level = argv[i + 1];
         else {
-            fprintf(stderr, "usage: %s [--addr host:port] [--threads n] [--max-message-bytes n] "
-                            "[--max-inflight n] [--grace-ms n] [--log-level l]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--addr host:port] [--threads n] [--max-message-bytes n] "
+                    "[--max-inflight n] [--grace-ms n] [--log-level l]\n",
+                    argv[0]);
             return 2;
         }
     }

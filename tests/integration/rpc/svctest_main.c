@@ -13,4 +13,7 @@ static const svc_def def = {
     .nmethods = 1,
 };
 
-int main(int argc, char **argv) { return svc_main(&def, argc, argv); }
+int main(int argc, char **argv)
+{
+    return svc_main(&def, argc, argv);
+}

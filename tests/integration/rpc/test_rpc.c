@@ -82,9 +82,9 @@ static err_code health(rpc_client *c, const char *service, int *status, err_info
     arena *a = arena_new(0);
     ProtobufCMessage *m = NULL;
     rpc_call_opts o = {.deadline_ms = rpc_now_ms() + 2000};
-    err_code rc = rpc_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
-                                  &grpc__health__v1__health_check_response__descriptor, &o, a, &m,
-                                  e);
+    err_code rc =
+        rpc_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
+                        &grpc__health__v1__health_check_response__descriptor, &o, a, &m, e);
     if (rc == ERR_OK)
         *status = ((Grpc__Health__V1__HealthCheckResponse *)m)->status;
     arena_free(a);
@@ -551,8 +551,8 @@ static void start_sleepers(rpc_client *c, timed_slot *slots, int n, int sleep_ms
         rpc_call_opts o = {.deadline_ms = rpc_now_ms() + 10000};
         err_info e;
         CU_ASSERT_EQUAL(rpc_client_call_async(c, ECHO_METHOD, &req.base,
-                                              &test__v1__echo_response__descriptor, &o,
-                                              slots[i].a, timed_done, &slots[i], &e),
+                                              &test__v1__echo_response__descriptor, &o, slots[i].a,
+                                              timed_done, &slots[i], &e),
                         ERR_OK);
     }
 }

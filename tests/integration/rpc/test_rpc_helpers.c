@@ -101,7 +101,8 @@ static void test_codes_and_clocks(void)
     CU_ASSERT_EQUAL(rpc_deadline_to_ms(gpr_inf_future(GPR_CLOCK_MONOTONIC)), INT64_MAX);
     CU_ASSERT_EQUAL(rpc_deadline_to_ms(gpr_inf_future(GPR_CLOCK_REALTIME)), INT64_MAX);
     /* A realtime deadline converts too. */
-    gpr_timespec rt = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(800, GPR_TIMESPAN));
+    gpr_timespec rt =
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(800, GPR_TIMESPAN));
     int64_t ms = rpc_deadline_to_ms(rt);
     CU_ASSERT(llabs(ms - (rpc_now_ms() + 800)) <= 5);
 }

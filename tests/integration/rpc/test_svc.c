@@ -64,8 +64,9 @@ static void test_help(void)
     char *out = slurp(out_path);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     CU_ASSERT(strstr(out, "LISTEN_ADDR=127.0.0.1:0") != NULL);
-    CU_ASSERT(strstr(out, "DATABASE_URL=host=127.0.0.1 port=5432 dbname=identity user=svctest_svc") !=
-              NULL);
+    CU_ASSERT(
+        strstr(out, "DATABASE_URL=host=127.0.0.1 port=5432 dbname=identity user=svctest_svc") !=
+        NULL);
     CU_ASSERT(strstr(out, "RPC_MAX_INFLIGHT=1000") != NULL);
     CU_ASSERT(strstr(out, "SHUTDOWN_GRACE_MS=10000") != NULL);
     CU_ASSERT(strstr(out, "--health-check") != NULL);

@@ -79,8 +79,8 @@ static err_code get_user(arena *a, const char *id, User__V1__User **out, err_inf
 }
 
 static err_code update_user(arena *a, const char *id, const char *etag, const char *path,
-                            const char *name, int status, const char *email,
-                            const rpc_metadata *md, User__V1__User **out, err_info *e)
+                            const char *name, int status, const char *email, const rpc_metadata *md,
+                            User__V1__User **out, err_info *e)
 {
     User__V1__User u = USER__V1__USER__INIT;
     u.id = (char *)id;
@@ -114,8 +114,8 @@ static err_code delete_user(arena *a, const char *id, const char *etag, const rp
     return call(M("DeleteUser"), &req.base, &google__protobuf__empty__descriptor, md, a, &r, e);
 }
 
-static err_code list_users(arena *a, int size, const char *token, const char *filter,
-                           bool deleted, User__V1__ListUsersResponse **out, err_info *e)
+static err_code list_users(arena *a, int size, const char *token, const char *filter, bool deleted,
+                           User__V1__ListUsersResponse **out, err_info *e)
 {
     User__V1__ListUsersRequest req = USER__V1__LIST_USERS_REQUEST__INIT;
     req.page_size = size;
@@ -211,9 +211,9 @@ static int count_events(const char *user_id, const char *type)
 static long unsent_for(arena *a, const char *user_id)
 {
     const char *p[] = {user_id};
-    return strtol(sql1(a, "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND user_id = $1::uuid",
-                       1, p),
-                  NULL, 10);
+    return strtol(
+        sql1(a, "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND user_id = $1::uuid", 1, p),
+        NULL, 10);
 }
 
 static void wait_outbox_drained(arena *a, int timeout_ms)
@@ -262,16 +262,15 @@ static void test_create_get_happy(void)
     User__V1__GetUserByEmailRequest br = USER__V1__GET_USER_BY_EMAIL_REQUEST__INIT;
     br.email = arena_printf(a, " %s", email); /* mixed case, spaces: normalised the same way */
     ProtobufCMessage *r = NULL;
-    CU_ASSERT_EQUAL(call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r,
-                         &e),
-                    ERR_OK);
+    CU_ASSERT_EQUAL(
+        call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r, &e), ERR_OK);
     CU_ASSERT_TRUE(r && strcmp(((User__V1__User *)r)->id, u->id) == 0);
 
     CU_ASSERT_EQUAL(get_user(a, "00000000-0000-4000-8000-000000000000", NULL, &e), ERR_NOT_FOUND);
     br.email = "nobody-here@example.com";
-    CU_ASSERT_EQUAL(call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r,
-                         &e),
-                    ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(
+        call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r, &e),
+        ERR_NOT_FOUND);
     /* Duplicate email (other case) → ALREADY_EXISTS. */
     CU_ASSERT_EQUAL(create_user(a, lower, "Twin", NULL, &e), ERR_ALREADY_EXISTS);
     arena_free(a);
@@ -285,7 +284,8 @@ static void test_validation(void)
     CU_ASSERT_EQUAL(create_user(a, "not-an-email", "", NULL, &e), ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "email"));
     CU_ASSERT_TRUE(has_violation(&e, "display_name"));
-    CU_ASSERT_EQUAL(create_user(a, "ok@example.com", "bad\x01name", NULL, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(create_user(a, "ok@example.com", "bad\x01name", NULL, &e),
+                    ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "display_name") && !has_violation(&e, "email"));
     CU_ASSERT_EQUAL(create_user(a, "a b@example.com", "x", NULL, &e), ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "email"));
@@ -301,8 +301,7 @@ static void test_validation(void)
     CU_ASSERT_TRUE(has_violation(&e, "page_size"));
     CU_ASSERT_EQUAL(list_users(a, 10, NULL, "role=admin", false, &lr, &e), ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "filter"));
-    CU_ASSERT_EQUAL(list_users(a, 10, "garbage-token", NULL, false, &lr, &e),
-                    ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(list_users(a, 10, "garbage-token", NULL, false, &lr, &e), ERR_INVALID_ARGUMENT);
     CU_ASSERT_TRUE(has_violation(&e, "page_token"));
 
     User__V1__User *u = must_create(a, uniq(a, "valid"), "V");
@@ -560,11 +559,12 @@ static void test_stale_etag(void)
     CU_ASSERT_STRING_EQUAL(u2->display_name, "After");
     CU_ASSERT_STRING_NOT_EQUAL(u2->etag, u->etag);
     CU_ASSERT_STRING_EQUAL(u2->email, u->email); /* not in the mask: unchanged */
-    CU_ASSERT_EQUAL(update_user(a, u->id, u->etag, "display_name", "Again", 0, NULL, NULL, NULL, &e),
-                    ERR_ABORTED);
-    CU_ASSERT_EQUAL(update_user(a, u->id, "garbage", "display_name", "Again", 0, NULL, NULL, NULL,
-                                &e),
-                    ERR_ABORTED);
+    CU_ASSERT_EQUAL(
+        update_user(a, u->id, u->etag, "display_name", "Again", 0, NULL, NULL, NULL, &e),
+        ERR_ABORTED);
+    CU_ASSERT_EQUAL(
+        update_user(a, u->id, "garbage", "display_name", "Again", 0, NULL, NULL, NULL, &e),
+        ERR_ABORTED);
     CU_ASSERT_EQUAL(delete_user(a, u->id, u->etag, NULL, &e), ERR_ABORTED);
     User__V1__User *u3 = NULL;
     CU_ASSERT_EQUAL(update_user(a, u->id, "", "display_name", "NoCheck", 0, NULL, NULL, &u3, &e),
@@ -575,7 +575,8 @@ static void test_stale_etag(void)
     CU_ASSERT_EQUAL(update_user(a, u->id, NULL, "email", NULL, 0, other->email, NULL, NULL, &e),
                     ERR_ALREADY_EXISTS);
     const char *fresh = uniq(a, "etag-new");
-    CU_ASSERT_EQUAL(update_user(a, u->id, u3->etag, "email", NULL, 0, fresh, NULL, &u2, &e), ERR_OK);
+    CU_ASSERT_EQUAL(update_user(a, u->id, u3->etag, "email", NULL, 0, fresh, NULL, &u2, &e),
+                    ERR_OK);
     CU_ASSERT_TRUE(u2 && strcmp(u2->email, fresh) == 0);
     CU_ASSERT_EQUAL(update_user(a, "00000000-0000-4000-8000-000000000009", NULL, "display_name",
                                 "x", 0, NULL, NULL, NULL, &e),
@@ -594,9 +595,9 @@ static void test_cache_invalidation(void)
         CU_ASSERT_EQUAL(get_user(a, u->id, &g, &e), ERR_OK);
         CU_ASSERT_EQUAL(redis_int("EXISTS", key), 1);
         const char *name = arena_printf(a, "Name%d", i);
-        CU_ASSERT_EQUAL(update_user(a, u->id, g ? g->etag : "", "display_name", name, 0, NULL, NULL,
-                                    NULL, &e),
-                        ERR_OK);
+        CU_ASSERT_EQUAL(
+            update_user(a, u->id, g ? g->etag : "", "display_name", name, 0, NULL, NULL, NULL, &e),
+            ERR_OK);
         CU_ASSERT_EQUAL(redis_int("EXISTS", key), 0); /* deleted, not rewritten */
         CU_ASSERT_EQUAL(get_user(a, u->id, &g, &e), ERR_OK);
         CU_ASSERT_TRUE(g && strcmp(g->display_name, name) == 0);
@@ -632,9 +633,9 @@ static void test_delete_and_reuse(void)
     User__V1__GetUserByEmailRequest br = USER__V1__GET_USER_BY_EMAIL_REQUEST__INIT;
     br.email = (char *)email;
     ProtobufCMessage *r = NULL;
-    CU_ASSERT_EQUAL(call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r,
-                         &e),
-                    ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(
+        call(M("GetUserByEmail"), &br.base, &user__v1__user__descriptor, NULL, a, &r, &e),
+        ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(delete_user(a, u->id, NULL, NULL, &e), ERR_NOT_FOUND);
     CU_ASSERT_EQUAL(update_user(a, u->id, NULL, "display_name", "Zombie", 0, NULL, NULL, NULL, &e),
                     ERR_NOT_FOUND);
@@ -660,8 +661,12 @@ static void test_audit_rows(void)
     arena *a = arena_new(0);
     err_info e;
     User__V1__User *u = must_create(a, uniq(a, "audit"), "Audited"); /* no actor → system */
-    rpc_metadata md = {.request_id = "req-user-audit-1", .traceparent = "", .authorization = "",
-                       .user_agent = "", .client_ip = "", .actor_id = "actor-42"};
+    rpc_metadata md = {.request_id = "req-user-audit-1",
+                       .traceparent = "",
+                       .authorization = "",
+                       .user_agent = "",
+                       .client_ip = "",
+                       .actor_id = "actor-42"};
     CU_ASSERT_EQUAL(update_user(a, u->id, NULL, "display_name", "Renamed", 0, NULL, &md, NULL, &e),
                     ERR_OK);
     md.request_id = "req-user-audit-2";
@@ -755,9 +760,9 @@ static void test_redis_down(void)
     User__V1__User *during = NULL;
     err_code rc = create_user(a, uniq(a, "down"), "During", &during, &e);
     CU_ASSERT_EQUAL(rc, ERR_OK);
-    CU_ASSERT_EQUAL(update_user(a, before->id, NULL, "display_name", "Changed", 0, NULL, NULL, NULL,
-                                &e),
-                    ERR_OK);
+    CU_ASSERT_EQUAL(
+        update_user(a, before->id, NULL, "display_name", "Changed", 0, NULL, NULL, NULL, &e),
+        ERR_OK);
     CU_ASSERT_EQUAL(get_user(a, before->id, &g, &e), ERR_OK);
     CU_ASSERT_TRUE(g && strcmp(g->display_name, "Changed") == 0);
     usleep(800000);
@@ -810,8 +815,11 @@ static void start_service(void)
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
     rpc_client_opts co = {.target = target, .name = "user", .default_timeout_ms = 10000};
     g_cli = rpc_client_new(&co, &e);
-    db_pool_opts po = {.conninfo = conninfo, .schema = "users", .size = 2,
-                       .acquire_timeout_ms = 5000, .statement_timeout_ms = 10000};
+    db_pool_opts po = {.conninfo = conninfo,
+                       .schema = "users",
+                       .size = 2,
+                       .acquire_timeout_ms = 5000,
+                       .statement_timeout_ms = 10000};
     g_db = db_pool_new(&po, &e);
     cache_opts ro = {.url = ts_redis_url_db(REDIS_DB), .timeout_ms = 1000, .backoff_max_ms = 100};
     g_redis = cache_new(&ro, &e);

@@ -70,7 +70,8 @@ static void test_traffic(void)
     CU_ASSERT(json_str(r.body, "id", id, sizeof id));
     http_resp_free(&r);
     CU_ASSERT_EQUAL(gw("POST", "/v1/auth/login", ct,
-                       "{\"email\":\"metrics@example.com\",\"password\":\"Metrics-Passw0rd!\"}", &r),
+                       "{\"email\":\"metrics@example.com\",\"password\":\"Metrics-Passw0rd!\"}",
+                       &r),
                     200);
     http_resp_free(&r);
     char auth[2200];
@@ -212,12 +213,12 @@ static double plain_value(const char *text, const char *name)
     return p ? strtod(p + strlen(pat), NULL) : -1;
 }
 
-#define CHECK(cond, what)                                                                         \
-    do {                                                                                          \
-        bool ok_ = (cond);                                                                        \
-        if (!ok_)                                                                                 \
-            fprintf(stderr, "%s /metrics: missing %s\n", NAMES[w], what);                       \
-        CU_ASSERT(ok_);                                                                           \
+#define CHECK(cond, what)                                                                          \
+    do {                                                                                           \
+        bool ok_ = (cond);                                                                         \
+        if (!ok_)                                                                                  \
+            fprintf(stderr, "%s /metrics: missing %s\n", NAMES[w], what);                          \
+        CU_ASSERT(ok_);                                                                            \
     } while (0)
 
 static void test_families(void)
@@ -233,13 +234,18 @@ static void test_families(void)
     int w = TS_GW;
     const char *g = g_text[TS_GW];
     CHECK(has_type(g, "http_requests_total", "counter"), "http_requests_total counter");
-    CHECK(has_sample(g, "http_requests_total", http_l, 1), "http_requests_total{method,route,status_code}");
-    CHECK(strstr(g, "http_requests_total{method=\"POST\",route=\"/v1/auth/register\",status_code=\"201\"} 1\n"),
+    CHECK(has_sample(g, "http_requests_total", http_l, 1),
+          "http_requests_total{method,route,status_code}");
+    CHECK(strstr(g, "http_requests_total{method=\"POST\",route=\"/v1/auth/"
+                    "register\",status_code=\"201\"} 1\n"),
           "http_requests_total for the register (route template, status)");
     CHECK(strstr(g, "route=\"/.well-known/jwks.json\",status_code=\"429\""), "a 429 counted");
-    CHECK(strstr(g, "route=\"unmatched\",status_code=\"404\""), "the 404 under route=\"unmatched\"");
-    CHECK(has_type(g, "http_request_duration_seconds", "histogram"), "http_request_duration_seconds histogram");
-    CHECK(has_sample(g, "http_request_duration_seconds_bucket", http_b, 1), "duration buckets {method,route,status_code,le}");
+    CHECK(strstr(g, "route=\"unmatched\",status_code=\"404\""),
+          "the 404 under route=\"unmatched\"");
+    CHECK(has_type(g, "http_request_duration_seconds", "histogram"),
+          "http_request_duration_seconds histogram");
+    CHECK(has_sample(g, "http_request_duration_seconds_bucket", http_b, 1),
+          "duration buckets {method,route,status_code,le}");
     CHECK(has_sample(g, "http_request_duration_seconds_count", http_l, 1), "duration _count");
     CHECK(has_sample(g, "http_request_duration_seconds_sum", http_l, 0), "duration _sum");
     CHECK(has_type(g, "circuit_breaker_state", "gauge"), "circuit_breaker_state gauge");
@@ -248,16 +254,21 @@ static void test_families(void)
         snprintf(s, sizeof s, "\ncircuit_breaker_state{target=\"%s\"} 0\n", NAMES[i]);
         CHECK(strstr(g, s), s + 1);
     }
-    CHECK(has_type(g, "rate_limit_rejections_total", "counter"), "rate_limit_rejections_total counter");
-    CHECK(has_sample(g, "rate_limit_rejections_total", limiter_l, 1), "rate_limit_rejections_total{limiter} >= 1");
-    CHECK(has_sample(g, "grpc_client_handled_total", target_l, 1), "grpc_client_handled_total{target}");
+    CHECK(has_type(g, "rate_limit_rejections_total", "counter"),
+          "rate_limit_rejections_total counter");
+    CHECK(has_sample(g, "rate_limit_rejections_total", limiter_l, 1),
+          "rate_limit_rejections_total{limiter} >= 1");
+    CHECK(has_sample(g, "grpc_client_handled_total", target_l, 1),
+          "grpc_client_handled_total{target}");
 
     for (w = 0; w < TS_GW; w++) {
         const char *t = g_text[w];
-        CHECK(has_type(t, "grpc_server_handled_total", "counter"), "grpc_server_handled_total counter");
+        CHECK(has_type(t, "grpc_server_handled_total", "counter"),
+              "grpc_server_handled_total counter");
         CHECK(has_sample(t, "grpc_server_handled_total", grpc_l, 1),
               "grpc_server_handled_total{grpc_service,grpc_method,grpc_code} >= 1");
-        CHECK(has_type(t, "grpc_server_handling_seconds", "histogram"), "grpc_server_handling_seconds histogram");
+        CHECK(has_type(t, "grpc_server_handling_seconds", "histogram"),
+              "grpc_server_handling_seconds histogram");
         CHECK(has_sample(t, "grpc_server_handling_seconds_bucket", grpc_h, 1),
               "grpc_server_handling_seconds_bucket{grpc_service,grpc_method,grpc_code,le}");
         CHECK(has_type(t, "db_pool_in_use", "gauge"), "db_pool_in_use gauge");
@@ -271,17 +282,22 @@ static void test_families(void)
         CHECK(has_type(t, "cache_errors_total", "counter"), "cache_errors_total counter");
     }
     w = TS_USER;
-    CHECK(strstr(g_text[TS_USER], "grpc_service=\"user.v1.UserService\",grpc_method=\"GetUser\",grpc_code=\"OK\""),
+    CHECK(strstr(g_text[TS_USER],
+                 "grpc_service=\"user.v1.UserService\",grpc_method=\"GetUser\",grpc_code=\"OK\""),
           "grpc_server_handled_total for GetUser OK");
-    CHECK(plain_value(g_text[TS_USER], "cache_hits_total") >= 1, "cache_hits_total >= 1 (GET /v1/users/me x3)");
+    CHECK(plain_value(g_text[TS_USER], "cache_hits_total") >= 1,
+          "cache_hits_total >= 1 (GET /v1/users/me x3)");
     CHECK(plain_value(g_text[TS_USER], "cache_misses_total") >= 1, "cache_misses_total >= 1");
     CHECK(has_type(g_text[TS_USER], "outbox_backlog", "gauge"), "outbox_backlog gauge");
     CHECK(plain_value(g_text[TS_USER], "outbox_backlog") >= 0, "an outbox_backlog sample");
     w = TS_AUTH;
-    CHECK(strstr(g_text[TS_AUTH], "\ncircuit_breaker_state{target=\"user\"} 0\n"), "auth's breaker on user");
-    CHECK(strstr(g_text[TS_AUTH], "\ncircuit_breaker_state{target=\"permission\"} 0\n"), "auth's breaker on permission");
+    CHECK(strstr(g_text[TS_AUTH], "\ncircuit_breaker_state{target=\"user\"} 0\n"),
+          "auth's breaker on user");
+    CHECK(strstr(g_text[TS_AUTH], "\ncircuit_breaker_state{target=\"permission\"} 0\n"),
+          "auth's breaker on permission");
     w = TS_PERM;
-    CHECK(strstr(g_text[TS_PERM], "grpc_method=\"Check\",grpc_code=\"OK\""), "permission Check counted");
+    CHECK(strstr(g_text[TS_PERM], "grpc_method=\"Check\",grpc_code=\"OK\""),
+          "permission Check counted");
 }
 
 static void test_stop(void)

@@ -144,7 +144,7 @@ static void test_sliding_window(void)
     for (int i = 0; i < 4; i++)
         call(b, ERR_UNAVAILABLE, 1);
     CU_ASSERT_EQUAL(breaker_state_get(b), BREAKER_CLOSED); /* 4/10 */
-    call(b, ERR_UNAVAILABLE, 1);                            /* 5/10 */
+    call(b, ERR_UNAVAILABLE, 1);                           /* 5/10 */
     CU_ASSERT_EQUAL(breaker_state_get(b), BREAKER_OPEN);
     breaker_free(b);
 }
@@ -152,11 +152,19 @@ static void test_sliding_window(void)
 static void test_non_failures_never_trip(void)
 {
     breaker *b = mk((breaker_opts){.window = 10, .min_calls = 5, .failure_rate_pct = 10});
-    static const err_code ok_codes[] = {
-        ERR_OK,          ERR_NOT_FOUND,           ERR_INVALID_ARGUMENT, ERR_ALREADY_EXISTS,
-        ERR_PERMISSION_DENIED, ERR_UNAUTHENTICATED, ERR_FAILED_PRECONDITION,
-        ERR_RESOURCE_EXHAUSTED, ERR_ABORTED,     ERR_OUT_OF_RANGE,     ERR_UNIMPLEMENTED,
-        ERR_DATA_LOSS,   ERR_CANCELLED};
+    static const err_code ok_codes[] = {ERR_OK,
+                                        ERR_NOT_FOUND,
+                                        ERR_INVALID_ARGUMENT,
+                                        ERR_ALREADY_EXISTS,
+                                        ERR_PERMISSION_DENIED,
+                                        ERR_UNAUTHENTICATED,
+                                        ERR_FAILED_PRECONDITION,
+                                        ERR_RESOURCE_EXHAUSTED,
+                                        ERR_ABORTED,
+                                        ERR_OUT_OF_RANGE,
+                                        ERR_UNIMPLEMENTED,
+                                        ERR_DATA_LOSS,
+                                        ERR_CANCELLED};
     for (int r = 0; r < 20; r++)
         for (size_t i = 0; i < sizeof ok_codes / sizeof ok_codes[0]; i++)
             call(b, ok_codes[i], 1);
@@ -288,8 +296,11 @@ static void test_half_open_cancel_and_stuck(void)
 
 static void test_slow_calls(void)
 {
-    breaker *b = mk((breaker_opts){.window = 10, .min_calls = 10, .slow_call_ms = 500,
-                                   .slow_call_rate_pct = 50, .open_wait_ms = 100});
+    breaker *b = mk((breaker_opts){.window = 10,
+                                   .min_calls = 10,
+                                   .slow_call_ms = 500,
+                                   .slow_call_rate_pct = 50,
+                                   .open_wait_ms = 100});
     for (int i = 0; i < 5; i++)
         call(b, ERR_OK, 10);
     for (int i = 0; i < 4; i++)
@@ -299,7 +310,7 @@ static void test_slow_calls(void)
     breaker_stats_get(b, &st);
     CU_ASSERT_EQUAL(st.window_slow, 4);
     CU_ASSERT_EQUAL(breaker_state_get(b), BREAKER_CLOSED); /* 4/10 slow */
-    call(b, ERR_OK, 5000);                                  /* 5/10 slow */
+    call(b, ERR_OK, 5000);                                 /* 5/10 slow */
     CU_ASSERT_EQUAL(breaker_state_get(b), BREAKER_OPEN);
     /* In half-open a slow trial fails the trial. */
     atomic_store(&fake_now, 1100);
@@ -380,8 +391,8 @@ static void *work(void *arg)
 
 static void test_concurrent(void)
 {
-    breaker *b = mk((breaker_opts){.open_wait_ms = 5, .half_open_calls = 3, .slow_call_ms = 6,
-                                   .slow_call_rate_pct = 90});
+    breaker *b = mk((breaker_opts){
+        .open_wait_ms = 5, .half_open_calls = 3, .slow_call_ms = 6, .slow_call_rate_pct = 90});
     enum { N = 4 };
     pthread_t th[N];
     worker w[N];
@@ -410,18 +421,18 @@ static void test_concurrent(void)
 
 int main(void)
 {
-    static const ts_case cases[] = {{"names, failure codes, defaults", test_names_and_codes},
-                                    {"closed below min_calls", test_min_calls},
-                                    {"trips at the threshold", test_threshold},
-                                    {"sliding window", test_sliding_window},
-                                    {"non-failure codes never trip", test_non_failures_never_trip},
-                                    {"open, half-open, closed", test_open_half_open_closed},
-                                    {"half-open failure reopens", test_half_open_failure_reopens},
-                                    {"half-open cancel and stuck permits",
-                                     test_half_open_cancel_and_stuck},
-                                    {"slow calls", test_slow_calls},
-                                    {"forced open and disabled", test_modes},
-                                    {"concurrent allow/record", test_concurrent},
-                                    {NULL, NULL}};
+    static const ts_case cases[] = {
+        {"names, failure codes, defaults", test_names_and_codes},
+        {"closed below min_calls", test_min_calls},
+        {"trips at the threshold", test_threshold},
+        {"sliding window", test_sliding_window},
+        {"non-failure codes never trip", test_non_failures_never_trip},
+        {"open, half-open, closed", test_open_half_open_closed},
+        {"half-open failure reopens", test_half_open_failure_reopens},
+        {"half-open cancel and stuck permits", test_half_open_cancel_and_stuck},
+        {"slow calls", test_slow_calls},
+        {"forced open and disabled", test_modes},
+        {"concurrent allow/record", test_concurrent},
+        {NULL, NULL}};
     return ts_main("breaker", cases);
 }

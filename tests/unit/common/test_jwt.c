@@ -20,8 +20,8 @@
 
 #include "test_support.h"
 
-static char g_dir[256];   /* one key: k1 */
-static char g_dir2[256];  /* rotation: k1 (old) + k2 (new) */
+static char g_dir[256];  /* one key: k1 */
+static char g_dir2[256]; /* rotation: k1 (old) + k2 (new) */
 static const int64_t NOW = 1800000000;
 
 static void mkdirs(void)
@@ -248,15 +248,17 @@ static void test_alg_none(void)
     CU_ASSERT_EQUAL(verify(ks, good, &out, &e), ERR_UNAUTHENTICATED);
     free(good);
     /* other algorithms, even correctly ES256-signed, are refused: the alg is pinned */
-    good = forge_es256("{\"alg\":\"ES384\",\"kid\":\"20260101T000000Z\"}", pj, first_key_path(g_dir));
+    good =
+        forge_es256("{\"alg\":\"ES384\",\"kid\":\"20260101T000000Z\"}", pj, first_key_path(g_dir));
     CU_ASSERT_EQUAL(verify(ks, good, &out, &e), ERR_UNAUTHENTICATED);
     free(good);
-    good = forge_es256("{\"alg\":\"es256\",\"kid\":\"20260101T000000Z\"}", pj, first_key_path(g_dir));
+    good =
+        forge_es256("{\"alg\":\"es256\",\"kid\":\"20260101T000000Z\"}", pj, first_key_path(g_dir));
     CU_ASSERT_EQUAL(verify(ks, good, &out, &e), ERR_UNAUTHENTICATED);
     free(good);
     /* unknown critical header */
-    good = forge_es256("{\"alg\":\"ES256\",\"kid\":\"20260101T000000Z\",\"crit\":[\"x\"],\"x\":1}", pj,
-                       first_key_path(g_dir));
+    good = forge_es256("{\"alg\":\"ES256\",\"kid\":\"20260101T000000Z\",\"crit\":[\"x\"],\"x\":1}",
+                       pj, first_key_path(g_dir));
     CU_ASSERT_EQUAL(verify(ks, good, &out, &e), ERR_UNAUTHENTICATED);
     free(good);
     jwt_keyset_free(ks);
@@ -537,10 +539,24 @@ static void test_garbage(void)
     jwt_keyset *ks = load(g_dir);
     err_info e;
     jwt_claims out;
-    const char *bad[] = {"", ".", "..", "...", "a.b.c", "a.b", "abc", "....", "e30.e30.",
-                         "e30.e30.e30", "!!!.###.$$$", "eyJhbGciOiJFUzI1NiJ9..",
-                         "eyJhbGciOiJFUzI1NiJ9.e30." "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                         "Bearer x.y.z", "null.null.null", "\xff\xfe.\x01.\x02"};
+    const char *bad[] = {
+        "",
+        ".",
+        "..",
+        "...",
+        "a.b.c",
+        "a.b",
+        "abc",
+        "....",
+        "e30.e30.",
+        "e30.e30.e30",
+        "!!!.###.$$$",
+        "eyJhbGciOiJFUzI1NiJ9..",
+        "eyJhbGciOiJFUzI1NiJ9.e30."
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "Bearer x.y.z",
+        "null.null.null",
+        "\xff\xfe.\x01.\x02"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         CU_ASSERT_NOT_EQUAL(verify(ks, bad[i], &out, &e), ERR_OK);
     CU_ASSERT_EQUAL(verify(ks, NULL, &out, &e), ERR_UNAUTHENTICATED);
@@ -716,9 +732,10 @@ static void test_load_errors(void)
     CU_ASSERT_PTR_NOT_NULL(ks);
     CU_ASSERT_TRUE(jwt_keyset_has_kid(ks, "sec1"));
     jwt_keyset_free(ks);
-    snprintf(cmd, sizeof cmd,
-             "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out %s/rsa.pem 2>/dev/null",
-             d);
+    snprintf(
+        cmd, sizeof cmd,
+        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out %s/rsa.pem 2>/dev/null",
+        d);
     CU_ASSERT_EQUAL(system(cmd), 0);
     CU_ASSERT_PTR_NULL(jwt_keyset_load_dir(d, &e));
     CU_ASSERT_EQUAL(e.code, ERR_INVALID_ARGUMENT);

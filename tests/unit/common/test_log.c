@@ -33,7 +33,8 @@ static void test_line_is_json_with_ids(void)
     FILE *f;
     log_init("user", LOG_INFO);
     capture_begin(&f);
-    log_ctx ctx = {.request_id = "req-1", .trace_id = "0af7651916cd43dd8448eb211c80319c",
+    log_ctx ctx = {.request_id = "req-1",
+                   .trace_id = "0af7651916cd43dd8448eb211c80319c",
                    .span_id = "b7ad6b7169203331"};
     log_info_kv(&ctx, "\"grpc_code\":\"OK\",\"duration_ms\":1.5", "served %s \"quoted\"\n\x01",
                 "GetUser");

@@ -8,7 +8,10 @@
 
 static int cleanup_order[4];
 static int cleanup_n;
-static void record(void *arg) { cleanup_order[cleanup_n++] = (int)(intptr_t)arg; }
+static void record(void *arg)
+{
+    cleanup_order[cleanup_n++] = (int)(intptr_t)arg;
+}
 
 static void test_alloc_align_zero(void)
 {

@@ -13,17 +13,17 @@ static void test_counter_gauge_render(void)
     const char *names[] = {"method", "code", NULL};
     metrics_family *c = metrics_family_new(r, METRICS_COUNTER, "grpc_server_handled_total",
                                            "Handled RPCs.", names, NULL, 0);
-    CU_ASSERT_PTR_EQUAL(metrics_family_new(r, METRICS_COUNTER, "grpc_server_handled_total", "x",
-                                           names, NULL, 0),
-                        c);
+    CU_ASSERT_PTR_EQUAL(
+        metrics_family_new(r, METRICS_COUNTER, "grpc_server_handled_total", "x", names, NULL, 0),
+        c);
     const char *v1[] = {"Get\"User", "OK"};
     metrics_inc(c, v1);
     metrics_inc(c, v1);
     metrics_series *s = metrics_series_get(c, v1);
     metrics_counter_add(s, 0.5);
     metrics_counter_add(s, -3); /* counters never go down */
-    metrics_family *g = metrics_family_new(r, METRICS_GAUGE, "db_pool_in_use", "In use.", NULL,
-                                           NULL, 0);
+    metrics_family *g =
+        metrics_family_new(r, METRICS_GAUGE, "db_pool_in_use", "In use.", NULL, NULL, 0);
     metrics_gauge_set(metrics_series_get(g, NULL), 7);
     metrics_gauge_add(metrics_series_get(g, NULL), -2);
     size_t len;
@@ -42,8 +42,8 @@ static void test_histogram_buckets_cumulative(void)
     metrics_registry *r = metrics_registry_new();
     const char *names[] = {"route", NULL};
     const double b[] = {0.1, 1, 10};
-    metrics_family *h = metrics_family_new(r, METRICS_HISTOGRAM, "lat_seconds", "Latency.", names,
-                                           b, 3);
+    metrics_family *h =
+        metrics_family_new(r, METRICS_HISTOGRAM, "lat_seconds", "Latency.", names, b, 3);
     const char *v[] = {"/x"};
     metrics_observe(h, v, 0.05);
     metrics_observe(h, v, 0.5);
@@ -70,8 +70,8 @@ static void collect(void *arg)
 static void test_collect_callback(void)
 {
     metrics_registry *r = metrics_registry_new();
-    metrics_family *g = metrics_family_new(r, METRICS_GAUGE, "outbox_backlog", "Rows.", NULL, NULL,
-                                           0);
+    metrics_family *g =
+        metrics_family_new(r, METRICS_GAUGE, "outbox_backlog", "Rows.", NULL, NULL, 0);
     metrics_on_collect(r, collect, g);
     char *text = metrics_render(r, NULL);
     CU_ASSERT_EQUAL(collected, 1);

@@ -29,7 +29,10 @@ static void setup(void)
     A = arena_new(0);
 }
 
-static const char *enc(const void *m) { return pbjson_encode(m, NULL, A, NULL); }
+static const char *enc(const void *m)
+{
+    return pbjson_encode(m, NULL, A, NULL);
+}
 
 static void expect_json(const void *m, const char *want)
 {
@@ -69,7 +72,8 @@ static void test_encode_user(void)
     const char *got = pbjson_encode(&u.base, NULL, A, &len);
     const char *want =
         "{\"id\":\"7d0f\",\"email\":\"ann@example.com\",\"display_name\":\"Ann \\\"A\\\" \\\\ B\\n"
-        "\\u0001 é\",\"status\":\"USER_STATUS_ACTIVE\",\"create_time\":\"2023-11-14T22:13:20.123Z\","
+        "\\u0001 "
+        "é\",\"status\":\"USER_STATUS_ACTIVE\",\"create_time\":\"2023-11-14T22:13:20.123Z\","
         "\"update_time\":\"2023-11-14T22:13:20Z\",\"delete_time\":null,\"etag\":\"W/1\"}";
     CU_ASSERT_STRING_EQUAL(got, want);
     CU_ASSERT_EQUAL(len, strlen(want));
@@ -238,7 +242,8 @@ static void test_encode_any(void)
     uint8_t junk[] = {0x0a, 0x7f};
     any.value.data = junk;
     any.value.len = 2;
-    expect_json(&any, "{\"@type\":\"type.googleapis.com/google.rpc.BadRequest\",\"value\":\"Cn8=\"}");
+    expect_json(&any,
+                "{\"@type\":\"type.googleapis.com/google.rpc.BadRequest\",\"value\":\"Cn8=\"}");
     /* Timestamp in Any: special form goes under "value". */
     Google__Protobuf__Timestamp *t = ts(0, 0);
     any.type_url = "type.googleapis.com/google.protobuf.Timestamp";
@@ -300,9 +305,9 @@ static void test_decode_user(void)
     l = (void *)dec_ok(&user__v1__list_users_request__descriptor, "{\"page_size\":2147483647}");
     CU_ASSERT_EQUAL(l->page_size, INT32_MAX);
 
-    Auth__V1__Claims *c = (void *)dec_ok(
-        &auth__v1__claims__descriptor,
-        "{\"iat\":\"-9223372036854775808\",\"exp\":9223372036854775807,\"sub\":\"\\u00e9\\ud83d\\ude00\"}");
+    Auth__V1__Claims *c = (void *)dec_ok(&auth__v1__claims__descriptor,
+                                         "{\"iat\":\"-9223372036854775808\",\"exp\":"
+                                         "9223372036854775807,\"sub\":\"\\u00e9\\ud83d\\ude00\"}");
     CU_ASSERT_EQUAL(c->iat, INT64_MIN);
     CU_ASSERT_EQUAL(c->exp, INT64_MAX);
     CU_ASSERT_STRING_EQUAL(c->sub, "é\xF0\x9F\x98\x80");
@@ -336,8 +341,8 @@ static void test_decode_any(void)
     CU_ASSERT_FATAL(st != NULL);
     CU_ASSERT_EQUAL_FATAL(st->n_details, 1);
     CU_ASSERT_STRING_EQUAL(st->details[0]->type_url, "type.googleapis.com/google.rpc.BadRequest");
-    Google__Rpc__BadRequest *br = google__rpc__bad_request__unpack(
-        NULL, st->details[0]->value.len, st->details[0]->value.data);
+    Google__Rpc__BadRequest *br = google__rpc__bad_request__unpack(NULL, st->details[0]->value.len,
+                                                                   st->details[0]->value.data);
     CU_ASSERT_FATAL(br != NULL);
     CU_ASSERT_EQUAL_FATAL(br->n_field_violations, 1);
     CU_ASSERT_STRING_EQUAL(br->field_violations[0]->field, "email");
@@ -454,7 +459,8 @@ static void roundtrip(const ProtobufCMessage *m)
     const char *j1 = enc(m);
     ProtobufCMessage *back = dec_ok(m->descriptor, j1);
     CU_ASSERT_FATAL(back != NULL);
-    size_t n1 = protobuf_c_message_get_packed_size(m), n2 = protobuf_c_message_get_packed_size(back);
+    size_t n1 = protobuf_c_message_get_packed_size(m),
+           n2 = protobuf_c_message_get_packed_size(back);
     CU_ASSERT_EQUAL(n1, n2);
     uint8_t *b1 = arena_alloc(A, n1 + 1), *b2 = arena_alloc(A, n2 + 1);
     protobuf_c_message_pack(m, b1);
@@ -555,19 +561,42 @@ static const ProtobufCFieldDescriptor bag_entry_fields[] = {
 };
 static const unsigned bag_entry_by_name[] = {0, 1};
 static const ProtobufCIntRange bag_entry_ranges[] = {{1, 0}, {0, 2}};
-static const ProtobufCMessageDescriptor bag_entry_desc = {
-    PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, "t.Bag.CountsEntry", "CountsEntry", "BagEntry", "t",
-    sizeof(BagEntry), 2, bag_entry_fields, bag_entry_by_name, 1, bag_entry_ranges,
-    bag_entry_init, NULL, NULL, NULL};
+static const ProtobufCMessageDescriptor bag_entry_desc = {PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+                                                          "t.Bag.CountsEntry",
+                                                          "CountsEntry",
+                                                          "BagEntry",
+                                                          "t",
+                                                          sizeof(BagEntry),
+                                                          2,
+                                                          bag_entry_fields,
+                                                          bag_entry_by_name,
+                                                          1,
+                                                          bag_entry_ranges,
+                                                          bag_entry_init,
+                                                          NULL,
+                                                          NULL,
+                                                          NULL};
 static const ProtobufCFieldDescriptor bag_fields[] = {
     {"counts", 1, PROTOBUF_C_LABEL_REPEATED, PROTOBUF_C_TYPE_MESSAGE, offsetof(Bag, n_counts),
      offsetof(Bag, counts), &bag_entry_desc, NULL, 0, 0, NULL, NULL},
 };
 static const unsigned bag_by_name[] = {0};
 static const ProtobufCIntRange bag_ranges[] = {{1, 0}, {0, 1}};
-static const ProtobufCMessageDescriptor bag_desc = {
-    PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, "t.Bag", "Bag", "Bag", "t", sizeof(Bag), 1, bag_fields,
-    bag_by_name, 1, bag_ranges, bag_init, NULL, NULL, NULL};
+static const ProtobufCMessageDescriptor bag_desc = {PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+                                                    "t.Bag",
+                                                    "Bag",
+                                                    "Bag",
+                                                    "t",
+                                                    sizeof(Bag),
+                                                    1,
+                                                    bag_fields,
+                                                    bag_by_name,
+                                                    1,
+                                                    bag_ranges,
+                                                    bag_init,
+                                                    NULL,
+                                                    NULL,
+                                                    NULL};
 
 static void test_map(void)
 {
@@ -599,8 +628,9 @@ static void test_map(void)
 static void test_merge(void)
 {
     setup();
-    User__V1__User *u = (void *)dec_ok(&user__v1__user__descriptor,
-                                       "{\"id\":\"a\",\"email\":\"e\",\"create_time\":\"2023-11-14T22:13:20Z\"}");
+    User__V1__User *u =
+        (void *)dec_ok(&user__v1__user__descriptor,
+                       "{\"id\":\"a\",\"email\":\"e\",\"create_time\":\"2023-11-14T22:13:20Z\"}");
     err_info e;
     err_clear(&e);
     const char *patch = "{\"email\":\"f\",\"createTime\":\"1970-01-01T00:00:01Z\",\"id\":null}";
@@ -629,12 +659,9 @@ static void test_set_path(void)
     static const struct {
         const char *path, *text, *why;
     } bad[] = {
-        {"page_size", "x", "not an integer"},
-        {"page_size", "99999999999", "out of range"},
-        {"page_size", "", "not an integer"},
-        {"show_deleted", "yes", "true or false"},
-        {"nope", "1", "unknown field"},
-        {"page_size.x", "1", "unknown field"},
+        {"page_size", "x", "not an integer"}, {"page_size", "99999999999", "out of range"},
+        {"page_size", "", "not an integer"},  {"show_deleted", "yes", "true or false"},
+        {"nope", "1", "unknown field"},       {"page_size.x", "1", "unknown field"},
         {"filter", "\xff\xfe", "UTF-8"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -673,8 +700,7 @@ static void test_set_path(void)
     CU_ASSERT_EQUAL(pbjson_set_path(&up.base, "user.createTime", "2023-11-14T22:13:20Z", A, &e),
                     ERR_OK);
     CU_ASSERT_EQUAL(up.user->create_time->seconds, 1700000000);
-    CU_ASSERT_EQUAL(pbjson_set_path(&up.base, "update_mask", "displayName,status", A, &e),
-                    ERR_OK);
+    CU_ASSERT_EQUAL(pbjson_set_path(&up.base, "update_mask", "displayName,status", A, &e), ERR_OK);
     CU_ASSERT_EQUAL_FATAL(up.update_mask->n_paths, 2);
     CU_ASSERT_STRING_EQUAL(up.update_mask->paths[0], "display_name");
     CU_ASSERT_EQUAL(e.code, ERR_OK);
@@ -734,11 +760,13 @@ static void test_fuzz(void)
         "{\"iat\":\"1\",\"exp\":2,\"sub\":\"\\u00e9\"}",
         "{\"page_size\":10,\"show_deleted\":false,\"filter\":\"x\"}",
     };
-    const ProtobufCMessageDescriptor *descs[] = {
-        &user__v1__user__descriptor,       &user__v1__update_user_request__descriptor,
-        &google__rpc__status__descriptor,  &permission__v1__role__descriptor,
-        &auth__v1__claims__descriptor,     &user__v1__list_users_request__descriptor,
-        &auth__v1__register_response__descriptor};
+    const ProtobufCMessageDescriptor *descs[] = {&user__v1__user__descriptor,
+                                                 &user__v1__update_user_request__descriptor,
+                                                 &google__rpc__status__descriptor,
+                                                 &permission__v1__role__descriptor,
+                                                 &auth__v1__claims__descriptor,
+                                                 &user__v1__list_users_request__descriptor,
+                                                 &auth__v1__register_response__descriptor};
     static const char tokens[] = "{}[]\",:0123456789.-+eE\\ntrufalsenul \xff\xc3\x80@/";
     size_t nseeds = sizeof seeds / sizeof seeds[0], ndescs = sizeof descs / sizeof descs[0];
     char buf[600];

@@ -33,8 +33,8 @@ static void test_retryable_codes(void)
 
 static void test_backoff_full_jitter(void)
 {
-    retry_opts o = {.max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10,
-                    .min_tokens = 3};
+    retry_opts o = {
+        .max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10, .min_tokens = 3};
     CU_ASSERT_EQUAL(retry_backoff_ms(&o, 1, 0), 0);
     CU_ASSERT_EQUAL(retry_backoff_ms(&o, 1, 25), 25);
     CU_ASSERT_EQUAL(retry_backoff_ms(&o, 1, 26), 0); /* modulo 26: never above the cap */
@@ -49,8 +49,8 @@ static void test_backoff_full_jitter(void)
 
 static void test_budget_ratio(void)
 {
-    retry_opts o = {.max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10,
-                    .min_tokens = 3};
+    retry_opts o = {
+        .max_retries = 2, .base_ms = 25, .max_ms = 250, .budget_pct = 10, .min_tokens = 3};
     retry_budget *b = retry_budget_new(&o);
     /* Starts with min_tokens for low volume. */
     CU_ASSERT_TRUE(retry_budget_try_withdraw(b));

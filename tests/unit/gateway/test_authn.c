@@ -104,8 +104,7 @@ static void test_revocation_decision(void)
 
 int main(void)
 {
-    static const ts_case cases[] = {{"verify", test_verify},
-                                    {"revocation decision", test_revocation_decision},
-                                    {NULL, NULL}};
+    static const ts_case cases[] = {
+        {"verify", test_verify}, {"revocation decision", test_revocation_decision}, {NULL, NULL}};
     return ts_main("gateway_authn", cases);
 }

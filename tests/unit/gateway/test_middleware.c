@@ -41,12 +41,16 @@ static void test_traceparent(void)
     CU_ASSERT_STRING_NOT_EQUAL(sid, "00f067aa0ba902b7");
     CU_ASSERT_STRING_EQUAL(out + 53, "01");
     /* invalid: all-zero trace id, upper case, wrong length, version ff */
-    CU_ASSERT_FALSE(mw_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01", tid, sid, out));
+    CU_ASSERT_FALSE(
+        mw_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01", tid, sid, out));
     CU_ASSERT_STRING_NOT_EQUAL(tid, "00000000000000000000000000000000");
     CU_ASSERT_EQUAL(strlen(tid), 32);
-    CU_ASSERT_FALSE(mw_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", tid, sid, out));
-    CU_ASSERT_FALSE(mw_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", tid, sid, out));
-    CU_ASSERT_FALSE(mw_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", tid, sid, out));
+    CU_ASSERT_FALSE(
+        mw_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", tid, sid, out));
+    CU_ASSERT_FALSE(
+        mw_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", tid, sid, out));
+    CU_ASSERT_FALSE(
+        mw_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", tid, sid, out));
     CU_ASSERT_FALSE(mw_traceparent(NULL, tid, sid, out));
     CU_ASSERT_EQUAL(strlen(out), 55);
 }
@@ -67,7 +71,8 @@ static void test_cors(void)
 static void test_cookies(void)
 {
     char v[64];
-    CU_ASSERT_TRUE(mw_cookie_get("a=1; refresh_token=abc_DEF-9; b=2", "refresh_token", v, sizeof v));
+    CU_ASSERT_TRUE(
+        mw_cookie_get("a=1; refresh_token=abc_DEF-9; b=2", "refresh_token", v, sizeof v));
     CU_ASSERT_STRING_EQUAL(v, "abc_DEF-9");
     CU_ASSERT_TRUE(mw_cookie_get("refresh_token=\"q\"", "refresh_token", v, sizeof v));
     CU_ASSERT_STRING_EQUAL(v, "q");

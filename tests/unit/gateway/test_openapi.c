@@ -17,8 +17,15 @@ static void test_document(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "openapi")), "3.0.3");
     json_t *paths = json_object_get(j, "paths");
-    const char *must[] = {"/health", "/ready", "/metrics", "/.well-known/jwks.json", "/openapi.json",
-                          "/v1/users/{id}", "/v1/roles/{name}", "/v1/permissions:check", NULL};
+    const char *must[] = {"/health",
+                          "/ready",
+                          "/metrics",
+                          "/.well-known/jwks.json",
+                          "/openapi.json",
+                          "/v1/users/{id}",
+                          "/v1/roles/{name}",
+                          "/v1/permissions:check",
+                          NULL};
     for (int i = 0; must[i]; i++)
         CU_ASSERT_PTR_NOT_NULL(json_object_get(paths, must[i]));
     json_t *me = json_object_get(json_object_get(paths, "/v1/users/me"), "get");

@@ -4,7 +4,10 @@
 #include "routes.h"
 #include "test_support.h"
 
-static void find(const char *m, const char *p, routes_match *out) { routes_find(m, p, out); }
+static void find(const char *m, const char *p, routes_match *out)
+{
+    routes_find(m, p, out);
+}
 
 static void test_literal_beats_param(void)
 {

@@ -30,10 +30,11 @@ static void test_patch_user(void)
     in.sub = SUB;
     ProtobufCMessage *out = NULL;
     err_info e;
-    CU_ASSERT_EQUAL_FATAL(run("PATCH", "/v1/users/" UID,
-                              "{\"displayName\":\"Ann\",\"status\":\"USER_STATUS_DISABLED\",\"id\":\"x\"}",
-                              &in, a, &out, &e),
-                          ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        run("PATCH", "/v1/users/" UID,
+            "{\"displayName\":\"Ann\",\"status\":\"USER_STATUS_DISABLED\",\"id\":\"x\"}", &in, a,
+            &out, &e),
+        ERR_OK);
     User__V1__UpdateUserRequest *u = (void *)out;
     CU_ASSERT_PTR_NOT_NULL_FATAL(u->user);
     CU_ASSERT_STRING_EQUAL(u->user->id, UID); /* the path wins over the body */
@@ -51,8 +52,9 @@ static void test_patch_user(void)
     in.query = q;
     in.nquery = 1;
     in.if_match = "etag-1";
-    CU_ASSERT_EQUAL_FATAL(run("PATCH", "/v1/users/me", "{\"display_name\":\"B\",\"status\":\"USER_STATUS_ACTIVE\"}",
-                              &in, a, &out, &e),
+    CU_ASSERT_EQUAL_FATAL(run("PATCH", "/v1/users/me",
+                              "{\"display_name\":\"B\",\"status\":\"USER_STATUS_ACTIVE\"}", &in, a,
+                              &out, &e),
                           ERR_OK);
     u = (void *)out;
     CU_ASSERT_STRING_EQUAL(u->user->id, SUB);
@@ -61,10 +63,13 @@ static void test_patch_user(void)
     CU_ASSERT_STRING_EQUAL(u->user->etag, "etag-1");
     /* etag in the body wins over If-Match */
     in.nquery = 0;
-    CU_ASSERT_EQUAL_FATAL(run("PATCH", "/v1/users/me", "{\"display_name\":\"B\",\"etag\":\"body\"}", &in, a, &out, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(run("PATCH", "/v1/users/me", "{\"display_name\":\"B\",\"etag\":\"body\"}",
+                              &in, a, &out, &e),
+                          ERR_OK);
     CU_ASSERT_STRING_EQUAL(((User__V1__UpdateUserRequest *)out)->user->etag, "body");
     /* nothing to update */
-    CU_ASSERT_EQUAL(run("PATCH", "/v1/users/me", "{\"etag\":\"x\"}", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("PATCH", "/v1/users/me", "{\"etag\":\"x\"}", &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
     CU_ASSERT_STRING_EQUAL(e.violations[0].field, "update_mask");
     arena_free(a);
 }
@@ -76,13 +81,18 @@ static void test_bad_inputs(void)
     in.sub = SUB;
     ProtobufCMessage *out = NULL;
     err_info e;
-    CU_ASSERT_EQUAL(run("GET", "/v1/users/not-a-uuid", NULL, &in, a, &out, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("GET", "/v1/users/not-a-uuid", NULL, &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
     CU_ASSERT_STRING_EQUAL(e.violations[0].field, "id");
-    CU_ASSERT_EQUAL(run("DELETE", "/v1/auth/sessions/me", NULL, &in, a, &out, &e), ERR_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(run("POST", "/v1/auth/login", "{\"email\":", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("DELETE", "/v1/auth/sessions/me", NULL, &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("POST", "/v1/auth/login", "{\"email\":", &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
     CU_ASSERT_EQUAL(run("POST", "/v1/auth/login", "[1,2]", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(run("POST", "/v1/auth/login", "{\"email\":5}", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(run("PATCH", "/v1/users/me", "{\"status\":\"NOPE\"}", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("POST", "/v1/auth/login", "{\"email\":5}", &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("PATCH", "/v1/users/me", "{\"status\":\"NOPE\"}", &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
     transcode_kv q[] = {{"page_size", "abc"}};
     in.query = q;
     in.nquery = 1;
@@ -90,13 +100,17 @@ static void test_bad_inputs(void)
     CU_ASSERT_EQUAL(e.nviolations >= 1, 1);
     in.nquery = 0;
     /* a '*' in a permission to check */
-    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:check", "{\"permission\":\"users:*\"}", &in, a, &out, &e),
-                    ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(
+        run("POST", "/v1/permissions:check", "{\"permission\":\"users:*\"}", &in, a, &out, &e),
+        ERR_INVALID_ARGUMENT);
     CU_ASSERT_STRING_EQUAL(e.violations[0].field, "permission");
-    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:check", "{}", &in, a, &out, &e), ERR_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:batchCheck", "{\"permissions\":[\"a:b\",\"*\"]}", &in, a, &out, &e),
+    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:check", "{}", &in, a, &out, &e),
                     ERR_INVALID_ARGUMENT);
-    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:check", "{\"user_id\":\"zz\",\"permission\":\"a:b\"}", &in, a, &out, &e),
+    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:batchCheck", "{\"permissions\":[\"a:b\",\"*\"]}",
+                        &in, a, &out, &e),
+                    ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(run("POST", "/v1/permissions:check",
+                        "{\"user_id\":\"zz\",\"permission\":\"a:b\"}", &in, a, &out, &e),
                     ERR_INVALID_ARGUMENT);
     arena_free(a);
 }
@@ -112,22 +126,29 @@ static void test_fill_ins(void)
     err_info e;
     /* claims win over the body; the cookie fills an absent refresh token */
     in.cookie_refresh = "cookie-tok";
-    CU_ASSERT_EQUAL_FATAL(run("POST", "/v1/auth/logout", "{\"jti\":\"forged\",\"user_id\":\"x\"}", &in, a, &out, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        run("POST", "/v1/auth/logout", "{\"jti\":\"forged\",\"user_id\":\"x\"}", &in, a, &out, &e),
+        ERR_OK);
     Auth__V1__LogoutRequest *lo = (void *)out;
     CU_ASSERT_STRING_EQUAL(lo->jti, "jti-1");
     CU_ASSERT_STRING_EQUAL(lo->user_id, SUB);
     CU_ASSERT_STRING_EQUAL(lo->session_id, "sess-1");
     CU_ASSERT_STRING_EQUAL(lo->refresh_token, "cookie-tok");
-    CU_ASSERT_EQUAL_FATAL(run("POST", "/v1/auth/refresh", "{\"refreshToken\":\"body-tok\"}", &in, a, &out, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        run("POST", "/v1/auth/refresh", "{\"refreshToken\":\"body-tok\"}", &in, a, &out, &e),
+        ERR_OK);
     CU_ASSERT_STRING_EQUAL(((Auth__V1__RefreshRequest *)out)->refresh_token, "body-tok");
     /* check without user_id = the caller */
-    CU_ASSERT_EQUAL_FATAL(run("POST", "/v1/permissions:check", "{\"permission\":\"users:read\"}", &in, a, &out, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        run("POST", "/v1/permissions:check", "{\"permission\":\"users:read\"}", &in, a, &out, &e),
+        ERR_OK);
     CU_ASSERT_STRING_EQUAL(((Permission__V1__CheckRequest *)out)->user_id, SUB);
     /* "me" in a user path parameter */
     CU_ASSERT_EQUAL_FATAL(run("GET", "/v1/users/me/roles", NULL, &in, a, &out, &e), ERR_OK);
     CU_ASSERT_STRING_EQUAL(((Permission__V1__ListUserRolesRequest *)out)->user_id, SUB);
     /* assign: path + body */
-    CU_ASSERT_EQUAL_FATAL(run("POST", "/v1/users/" UID "/roles", "{\"role\":\"editor\"}", &in, a, &out, &e), ERR_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        run("POST", "/v1/users/" UID "/roles", "{\"role\":\"editor\"}", &in, a, &out, &e), ERR_OK);
     CU_ASSERT_STRING_EQUAL(((Permission__V1__AssignRoleRequest *)out)->user_id, UID);
     CU_ASSERT_STRING_EQUAL(((Permission__V1__AssignRoleRequest *)out)->role, "editor");
     /* repeated query parameter; lowerCamelCase keys; unknown keys ignored */

@@ -1,4 +1,5 @@
-/* Unit test for user_rpc_metrics_register: the outbox and cache figures reach the Prometheus text. */
+/* Unit test for user_rpc_metrics_register: the outbox and cache figures reach the Prometheus text.
+ */
 #include <stdlib.h>
 #include <string.h>
 
