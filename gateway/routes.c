@@ -2,6 +2,8 @@
  * the router that matches a request against it. */
 #include "routes.h"
 
+#include "common/uuid.h"
+
 #include <string.h>
 
 #include "auth/v1/auth.pb-c.h"
@@ -131,18 +133,7 @@ const routes_route *routes_table(size_t *n)
 
 bool routes_is_uuid(const char *s, size_t n)
 {
-    if (n != 36)
-        return false;
-    for (size_t i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return uuid_valid_n(s, n);
 }
 
 /* Matches path against template t; fills params. Returns the number of literal segments + 1 on

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/uuid.h"
 
 #define EVENTS_BATCH "100" /* entries per XREADGROUP / XAUTOCLAIM */
 #define EVENTS_BACKOFF_MIN_MS 100
@@ -53,18 +54,7 @@ bool events_entry_parse(const char *id, const char *const *kv, size_t n, events_
 
 bool events_uuid_valid(const char *s)
 {
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
+    return uuid_valid(s);
 }
 
 /* ---- Redis plumbing ---- */

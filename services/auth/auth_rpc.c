@@ -24,6 +24,7 @@
 #include "auth_store.h"
 #include "common/jwt.h"
 #include "common/log.h"
+#include "common/uuid.h"
 #include "common/metrics.h"
 #include "google/protobuf/empty.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
@@ -212,22 +213,6 @@ static bool valid_password(const char *pw, char *why, size_t wl)
     return true;
 }
 
-static bool valid_uuid(const char *s)
-{
-    if (strlen(s) != AUTH_UUID_LEN)
-        return false;
-    for (int i = 0; i < AUTH_UUID_LEN; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static void uuid_field(err_info *e, const char *field, const char *v, bool required)
 {
     if (!*v) {
@@ -235,7 +220,7 @@ static void uuid_field(err_info *e, const char *field, const char *v, bool requi
             err_violation_add(e, field, "is required");
         return;
     }
-    if (!valid_uuid(v))
+    if (!uuid_valid(v))
         err_violation_add(e, field, "must be a UUID");
 }
 
