@@ -106,6 +106,22 @@ static err_code post_bump(perm_service *s, const perm_call *call, const char *us
 }
 
 /* Checks the parents named in in->inherits exist and are not the role itself. */
+/* The tail every role or assignment write shares: the version token replaced before the commit
+ * and again after it (see post_bump), rollback on any error, the connection released. rc is the
+ * result of the write's own statements. */
+static err_code finish_write(perm_service *s, const perm_call *call, db_conn *c,
+                             const char *user_id, err_code rc, err_info *e)
+{
+    bool committed = false;
+    if (rc == ERR_OK && (rc = pre_bump(s, user_id, e)) == ERR_OK &&
+        (rc = db_commit(c, e)) == ERR_OK)
+        committed = true;
+    if (rc != ERR_OK)
+        db_rollback(c);
+    db_release(s->db, c);
+    return committed ? post_bump(s, call, user_id, e) : rc;
+}
+
 static err_code check_parents(db_conn *c, const perm_role *in, err_info *e)
 {
     for (size_t i = 0; i < in->ninherits; i++) {
@@ -223,7 +239,6 @@ err_code perm_service_update_role(perm_service *s, const perm_call *call, const 
     err_code rc = acquire(s, call, &c, e);
     if (rc != ERR_OK)
         return rc;
-    bool committed = false;
     if ((rc = db_begin(c, e)) != ERR_OK)
         goto done;
     if ((rc = perm_repo_lock_graph(c, e)) != ERR_OK)
@@ -244,16 +259,8 @@ err_code perm_service_update_role(perm_service *s, const perm_call *call, const 
         goto done;
     if ((rc = perm_repo_role_get(c, in->name, call->arena, out, e)) != ERR_OK)
         goto done;
-    if ((rc = pre_bump(s, NULL, e)) != ERR_OK)
-        goto done;
-    if ((rc = db_commit(c, e)) != ERR_OK)
-        goto done;
-    committed = true;
 done:
-    if (rc != ERR_OK)
-        db_rollback(c);
-    db_release(s->db, c);
-    return committed ? post_bump(s, call, NULL, e) : rc;
+    return finish_write(s, call, c, NULL, rc, e);
 }
 
 err_code perm_service_delete_role(perm_service *s, const perm_call *call, const char *name,
@@ -263,7 +270,6 @@ err_code perm_service_delete_role(perm_service *s, const perm_call *call, const 
     err_code rc = acquire(s, call, &c, e);
     if (rc != ERR_OK)
         return rc;
-    bool committed = false;
     if ((rc = db_begin(c, e)) != ERR_OK)
         goto done;
     if ((rc = perm_repo_lock_graph(c, e)) != ERR_OK)
@@ -272,16 +278,8 @@ err_code perm_service_delete_role(perm_service *s, const perm_call *call, const 
         goto done;
     if ((rc = perm_repo_role_delete(c, name, e)) != ERR_OK)
         goto done;
-    if ((rc = pre_bump(s, NULL, e)) != ERR_OK)
-        goto done;
-    if ((rc = db_commit(c, e)) != ERR_OK)
-        goto done;
-    committed = true;
 done:
-    if (rc != ERR_OK)
-        db_rollback(c);
-    db_release(s->db, c);
-    return committed ? post_bump(s, call, NULL, e) : rc;
+    return finish_write(s, call, c, NULL, rc, e);
 }
 
 typedef err_code (*user_write_fn)(db_conn *c, const char *user_id, const char *arg, err_info *e);
@@ -295,21 +293,12 @@ static err_code user_write(perm_service *s, const perm_call *call, const char *u
     err_code rc = acquire(s, call, &c, e);
     if (rc != ERR_OK)
         return rc;
-    bool committed = false;
     if ((rc = db_begin(c, e)) != ERR_OK)
         goto done;
     if ((rc = fn(c, user_id, arg, e)) != ERR_OK)
         goto done;
-    if ((rc = pre_bump(s, user_id, e)) != ERR_OK)
-        goto done;
-    if ((rc = db_commit(c, e)) != ERR_OK)
-        goto done;
-    committed = true;
 done:
-    if (rc != ERR_OK)
-        db_rollback(c);
-    db_release(s->db, c);
-    return committed ? post_bump(s, call, user_id, e) : rc;
+    return finish_write(s, call, c, user_id, rc, e);
 }
 
 err_code perm_service_assign(perm_service *s, const perm_call *call, const char *user_id,
