@@ -319,28 +319,30 @@ err_code perm_service_user_deleted(perm_service *s, const perm_call *call, const
     return user_write(s, call, user_id, event_id, perm_repo_user_deleted, e);
 }
 
-err_code perm_service_user_roles(perm_service *s, const perm_call *call, const char *user_id,
-                                 const char ***roles, size_t *n, err_info *e)
+/* The user's effective roles and/or permissions (inheritance applied), in one query. */
+static err_code effective(perm_service *s, const perm_call *call, const char *user_id,
+                          const char ***roles, size_t *nroles, const char ***perms, size_t *nperms,
+                          err_info *e)
 {
     db_conn *c = NULL;
     err_code rc = acquire(s, call, &c, e);
     if (rc != ERR_OK)
         return rc;
-    rc = perm_repo_effective(c, user_id, call->arena, roles, n, NULL, NULL, e);
+    rc = perm_repo_effective(c, user_id, call->arena, roles, nroles, perms, nperms, e);
     db_release(s->db, c);
     return rc;
+}
+
+err_code perm_service_user_roles(perm_service *s, const perm_call *call, const char *user_id,
+                                 const char ***roles, size_t *n, err_info *e)
+{
+    return effective(s, call, user_id, roles, n, NULL, NULL, e);
 }
 
 err_code perm_service_user_permissions(perm_service *s, const perm_call *call, const char *user_id,
                                        const char ***perms, size_t *n, err_info *e)
 {
-    db_conn *c = NULL;
-    err_code rc = acquire(s, call, &c, e);
-    if (rc != ERR_OK)
-        return rc;
-    rc = perm_repo_effective(c, user_id, call->arena, NULL, NULL, perms, n, e);
-    db_release(s->db, c);
-    return rc;
+    return effective(s, call, user_id, NULL, NULL, perms, n, e);
 }
 
 err_code perm_service_check(perm_service *s, const perm_call *call, const char *user_id,
