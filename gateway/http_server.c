@@ -1,7 +1,9 @@
 /* http_server: libmicrohttpd (epoll, thread pool) in front of the gRPC services. Each request is a
- * small state machine: routed and checked on the MHD thread, then suspended while an asynchronous
- * gRPC call (permission.Check, then the route's RPC) is in flight, resumed by the completion
- * callback, and answered. Per-request memory lives in one arena freed when MHD completes it. */
+ * small state machine: routed, token-verified and transcoded on the MHD thread, then suspended once
+ * while its Redis step (revocation + rate limit, batched with other requests' by common/cache_mux),
+ * permission.Check and the route's RPC run on the mux and gRPC threads, each step starting the
+ * next; the last one resumes the connection and the MHD thread answers. No thread waits on I/O.
+ * Per-request memory lives in one arena freed when MHD completes it. */
 #include "http_server.h"
 
 #include <arpa/inet.h>
@@ -53,7 +55,9 @@ struct http_server {
     metrics_family *m_total, *m_duration, *m_rl;
 };
 
-typedef enum stage { ST_BODY, ST_WAIT_CHECK, ST_WAIT_RPC, ST_WAIT_READY, ST_DONE } stage;
+typedef enum stage { ST_BODY, ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
+/* Where a suspended request is (ST_ASYNC): which step's completion comes next. */
+typedef enum phase { PH_REDIS, PH_CHECK, PH_RPC } phase;
 
 #define READY_CHECKS SVC_COUNT
 
@@ -69,6 +73,7 @@ typedef struct req {
     char trace_id[33], span_id[17], traceparent[56];
     char client_ip[64];
     const char *method, *path, *origin, *user_agent;
+    const char *authz; /* Authorization header, passed on to services once the token is checked */
     routes_match m;
     char *body;
     size_t body_len, body_cap;
@@ -79,6 +84,19 @@ typedef struct req {
     ProtobufCMessage *msg;
     rl_result rl;
     bool rl_set;
+    /* the Redis step: revocation MGET and/or rate-limit EVALSHA, one job for cache_mux */
+    phase ph;
+    authn_cmd ac;
+    ratelimit_cmd rlc;
+    char rl_key[160];
+    const char *rl_kind; /* rate_limit_rejections_total{limiter} */
+    int rl_limit, ix_mget, ix_rl;
+    bool transcode_failed;
+    err_info terr;
+    /* the answer decided off the MHD thread (ST_ASYNC): an error, else the RPC's response */
+    bool failed, fail_upstream;
+    int fail_status;
+    err_info fail;
     /* result of the asynchronous call(s) */
     atomic_int pending;
     routes_svc call_svc;
@@ -88,6 +106,7 @@ typedef struct req {
     arena *ready_arena[READY_CHECKS];
     err_code ready_rc[READY_CHECKS];
     ProtobufCMessage *ready_resp[READY_CHECKS];
+    bool ready_redis;
     int status;
 } req;
 
@@ -208,72 +227,60 @@ static enum MHD_Result send_json(req *q, int status, const char *body, size_t le
     return send_raw(q, status, body, len, "application/json", NULL);
 }
 
-/* ---------- asynchronous calls ---------- */
+/* ---------- asynchronous steps ---------- */
 
-static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+/* The last step of a suspended request: the MHD thread answers when it runs the handler again. */
+static void async_resume(req *q)
 {
-    req *q = arg;
-    q->rc = code;
-    q->resp = resp;
-    if (code != ERR_OK && e)
-        q->rerr = *e;
-    else
-        err_clear(&q->rerr);
-    q->rerr.code = code;
-    if (atomic_fetch_sub(&q->pending, 1) == 1) {
-        pthread_mutex_lock(&q->mu);
-        if (!q->completed)
-            MHD_resume_connection(q->conn);
-        pthread_mutex_unlock(&q->mu);
-    }
-    req_unref(q);
+    pthread_mutex_lock(&q->mu);
+    if (!q->completed)
+        MHD_resume_connection(q->conn);
+    pthread_mutex_unlock(&q->mu);
 }
 
-typedef struct ready_arg {
-    req *q;
-    int i;
-} ready_arg;
-
-static void on_ready_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+/* Ends a suspended request with an error (from_upstream: scrub transport details first). */
+static void async_fail(req *q, const err_info *e, int http_status, bool from_upstream)
 {
-    ready_arg *ra = arg;
-    req *q = ra->q;
-    q->ready_rc[ra->i] = code;
-    q->ready_resp[ra->i] = resp;
-    if (atomic_fetch_sub(&q->pending, 1) == 1) {
-        pthread_mutex_lock(&q->mu);
-        if (!q->completed)
-            MHD_resume_connection(q->conn);
-        pthread_mutex_unlock(&q->mu);
-    }
-    req_unref(q);
+    q->failed = true;
+    q->fail = *e;
+    q->fail_status = http_status;
+    q->fail_upstream = from_upstream;
+    async_resume(q);
+}
+
+static void async_fail_code(req *q, err_code code, const char *msg)
+{
+    err_info e;
+    err_clear(&e);
+    err_set(&e, code, "%s", msg);
+    async_fail(q, &e, 0, false);
 }
 
 static void fill_md(req *q, rpc_metadata *md)
 {
-    const char *authz = hdr(q, MHD_HTTP_HEADER_AUTHORIZATION);
     md->request_id = q->request_id;
     md->traceparent = q->traceparent;
-    md->authorization = q->authed && authz ? authz : "";
+    md->authorization = q->authed && q->authz ? q->authz : "";
     md->user_agent = q->user_agent ? q->user_agent : "";
     md->client_ip = q->client_ip;
     md->actor_id = q->authed ? q->claims.sub : "";
 }
 
-/* Suspends the connection and starts the call; the handler runs again when it completes. */
+static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e);
+
+/* Starts a call for a suspended request; on_done runs when it completes (on a gRPC thread, or
+ * right here when the call cannot start). */
 static void start_call(req *q, routes_svc svc, const char *method, const ProtobufCMessage *msg,
-                       const ProtobufCMessageDescriptor *rd, stage st)
+                       const ProtobufCMessageDescriptor *rd, phase ph)
 {
     rpc_metadata *md = arena_alloc(q->a, sizeof *md);
     fill_md(q, md);
     rpc_call_opts o = {NULL, md, q->deadline_ms};
-    q->st = st;
-    atomic_store(&q->pending, 1);
+    q->ph = ph;
+    q->call_svc = svc;
     atomic_fetch_add(&q->refs, 1);
-    MHD_suspend_connection(q->conn);
     err_info e;
     err_clear(&e);
-    q->call_svc = svc;
     /* The client's breaker, retries and deadline margin apply here (common/rpc_client). An open
      * circuit is refused at once: UNAVAILABLE "circuit open: <svc>" with e.retry_after_s = the
      * remaining open time, answered as 503 + Retry-After by send_upstream_error. */
@@ -285,11 +292,11 @@ static void start_call(req *q, routes_svc svc, const char *method, const Protobu
     }
 }
 
-/* ---------- pipeline ---------- */
-
-static enum MHD_Result respond_rpc(req *q);
-static enum MHD_Result after_check(req *q);
-static enum MHD_Result send_upstream_error(req *q, err_info *e);
+static void start_rpc(req *q)
+{
+    const routes_route *r = q->m.route;
+    start_call(q, r->svc, r->rpc, q->msg, r->resp, PH_RPC);
+}
 
 static const char *perm_needed(req *q)
 {
@@ -312,6 +319,97 @@ static const char *perm_needed(req *q)
     return r->perm;
 }
 
+/* permission.Check when the route's rule asks for it, else the route's RPC. */
+static void authorize_then_call(req *q)
+{
+    const char *perm = q->authed ? perm_needed(q) : NULL;
+    if (!perm) {
+        start_rpc(q);
+        return;
+    }
+    Permission__V1__CheckRequest *cr = arena_alloc(q->a, sizeof *cr);
+    permission__v1__check_request__init(cr);
+    cr->user_id = q->claims.sub;
+    cr->permission = (char *)perm;
+    start_call(q, SVC_PERMISSION, "/permission.v1.PermissionService/Check", &cr->base,
+               &permission__v1__check_response__descriptor, PH_CHECK);
+}
+
+static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    req *q = arg;
+    err_info ce;
+    err_clear(&ce);
+    if (code != ERR_OK && e)
+        ce = *e;
+    ce.code = code;
+    if (q->ph == PH_CHECK) {
+        const Permission__V1__CheckResponse *cr = (const void *)resp;
+        if (code != ERR_OK) {
+            /* The permission service failed: never fail open. */
+            if (ce.code != ERR_DEADLINE_EXCEEDED)
+                ce.code = ERR_UNAVAILABLE;
+            async_fail(q, &ce, 0, true);
+        } else if (!cr || !cr->allowed) {
+            async_fail_code(q, ERR_PERMISSION_DENIED, "permission denied");
+        } else {
+            start_rpc(q);
+        }
+    } else {
+        q->rc = code;
+        q->resp = resp;
+        q->rerr = ce;
+        async_resume(q);
+    }
+    req_unref(q);
+}
+
+/* The Redis step's verdict (on the mux thread, or on the MHD thread when there is no Redis work):
+ * revocation first (fail closed), then the rate limit, then a deferred transcoding error. */
+static void on_redis(void *arg, cache_reply **replies, const err_info *re)
+{
+    req *q = arg;
+    http_server *s = q->s;
+    bool ok = re && re->code == ERR_OK && replies;
+    err_info e;
+    err_clear(&e);
+    if (q->m.route->auth == AUTH_SIGNED_IN) {
+        const cache_reply *mget = ok && q->ix_mget >= 0 ? replies[q->ix_mget] : NULL;
+        if (authn_revocation_finish(&q->claims, mget, &e) != ERR_OK) {
+            async_fail(q, &e, 0, false);
+            goto out;
+        }
+    }
+    if (q->rl_limit > 0) {
+        if (q->ix_rl >= 0)
+            ratelimit_finish(s->d.rl, &q->rlc, ok ? replies[q->ix_rl] : NULL, &q->rl);
+        else
+            ratelimit_check(s->d.rl, q->rl_key, q->rl_limit, &q->rl);
+        q->rl_set = true;
+        if (!q->rl.allowed) {
+            const char *lv[] = {q->rl_kind};
+            metrics_inc(s->m_rl, lv);
+            err_set(&e, ERR_RESOURCE_EXHAUSTED, "rate limit exceeded; retry later");
+            e.retry_after_s = q->rl.retry_after_s;
+            async_fail(q, &e, 0, false);
+            goto out;
+        }
+    }
+    if (q->m.route->auth == AUTH_SIGNED_IN)
+        q->authed = true;
+    if (q->transcode_failed) {
+        async_fail(q, &q->terr, 0, false);
+        goto out;
+    }
+    authorize_then_call(q);
+out:
+    req_unref(q);
+}
+
+/* ---------- pipeline ---------- */
+
+static enum MHD_Result respond_rpc(req *q);
+static enum MHD_Result send_upstream_error(req *q, err_info *e);
 static enum MHD_Result serve_local(req *q);
 
 typedef struct collect {
@@ -331,58 +429,69 @@ static enum MHD_Result collect_kv(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
-static enum MHD_Result authenticate(req *q)
+/* Local token verification (signature, claims; cached). Answers and returns false on failure. */
+static bool verify_token(req *q, enum MHD_Result *ret)
 {
-    const char *token = mw_bearer(hdr(q, MHD_HTTP_HEADER_AUTHORIZATION));
+    q->authz = hdr(q, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *token = mw_bearer(q->authz);
     err_info e;
     err_clear(&e);
-    if (!token)
-        return send_code(q, ERR_UNAUTHENTICATED, 0, "missing bearer token");
+    if (!token) {
+        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "missing bearer token");
+        return false;
+    }
     err_code rc = authn_verify(q->s->d.an, token, &q->claims, &e);
     if (rc == ERR_NOT_FOUND && upstream_refresh_keys_now(q->s->d.up, q->s->d.an)) {
         err_clear(&e);
         rc = authn_verify(q->s->d.an, token, &q->claims, &e);
     }
-    if (rc == ERR_NOT_FOUND)
-        return send_code(q, ERR_UNAUTHENTICATED, 0, "invalid access token");
-    if (rc == ERR_UNAVAILABLE) {
+    if (rc == ERR_OK)
+        return true;
+    if (rc == ERR_NOT_FOUND) {
+        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "invalid access token");
+    } else if (rc == ERR_UNAVAILABLE) {
         e.retry_after_s = 1;
-        return send_error(q, &e, 0, NULL);
+        *ret = send_error(q, &e, 0, NULL);
+    } else {
+        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "invalid or expired access token");
     }
-    if (rc != ERR_OK)
-        return send_code(q, ERR_UNAUTHENTICATED, 0, "invalid or expired access token");
-    /* Revocation MGET and the per-user rate limit in one Redis round trip. */
-    err_clear(&e);
-    const gw_config *cfg = q->s->d.cfg;
-    char key[160];
-    snprintf(key, sizeof key, "user:%s", q->claims.sub);
-    authn_cmd ac;
-    ratelimit_cmd rc_cmd;
-    authn_revocation_prepare(&q->claims, &ac);
-    bool piped = ratelimit_prepare(q->s->d.rl, key, cfg->rl_user_rpm, &rc_cmd);
-    cache_reply *out[2] = {NULL, NULL};
-    int argcs[2] = {4, 6};
-    const char **argvs[2] = {ac.argv, rc_cmd.argv};
-    const size_t *lens[2] = {ac.lens, rc_cmd.lens};
-    err_info ce;
-    err_clear(&ce);
-    if (!q->s->d.redis ||
-        cache_pipeline(q->s->d.redis, piped ? 2 : 1, argcs, argvs, lens, out, &ce) != ERR_OK)
-        out[0] = out[1] = NULL;
-    rc = authn_revocation_finish(&q->claims, out[0], &e);
-    if (rc == ERR_OK && cfg->rl_user_rpm > 0) {
-        if (piped)
-            ratelimit_finish(q->s->d.rl, &rc_cmd, out[1], &q->rl);
-        else
-            ratelimit_check(q->s->d.rl, key, cfg->rl_user_rpm, &q->rl);
-        q->rl_set = true;
+    return false;
+}
+
+/* Builds the request message; a failure is kept and answered after the Redis step, so that a
+ * revoked or rate-limited caller is told so before being told about its body. */
+static void transcode(req *q)
+{
+    const routes_route *r = q->m.route;
+    char cookie[1024];
+    char etag[256];
+    collect c = {NULL, 0, 0};
+    int nq = MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    if (nq > 0) {
+        c.kv = arena_alloc(q->a, (size_t)nq * sizeof *c.kv);
+        c.cap = (size_t)nq;
+        MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, collect_kv, &c);
     }
-    cache_reply_free(out[0]);
-    cache_reply_free(out[1]);
-    if (rc != ERR_OK)
-        return send_error(q, &e, 0, NULL);
-    q->authed = true;
-    return MHD_YES;
+    transcode_input in = {0};
+    in.body = q->body;
+    in.body_len = q->body_len;
+    in.query = c.kv;
+    in.nquery = c.n;
+    const char *im = hdr(q, "If-Match");
+    if (im) {
+        mw_etag_from_if_match(im, etag, sizeof etag);
+        in.if_match = etag;
+    }
+    if ((r->flags & RF_READ_COOKIE) &&
+        mw_cookie_get(hdr(q, MHD_HTTP_HEADER_COOKIE), "refresh_token", cookie, sizeof cookie))
+        in.cookie_refresh = cookie;
+    if (r->auth == AUTH_SIGNED_IN) {
+        in.sub = q->claims.sub;
+        in.sid = q->claims.sid;
+        in.jti = q->claims.jti;
+    }
+    err_clear(&q->terr);
+    q->transcode_failed = transcode_request(r, &q->m, &in, q->a, &q->msg, &q->terr) != ERR_OK;
 }
 
 static enum MHD_Result send_no_route(req *q)
@@ -407,107 +516,70 @@ static enum MHD_Result process(req *q)
     if (r->local != LOCAL_NONE)
         return serve_local(q);
 
-    /* 1. authentication */
+    /* 1. the token, locally */
+    enum MHD_Result ret = MHD_YES;
+    if (r->auth == AUTH_SIGNED_IN && !verify_token(q, &ret))
+        return ret;
+
+    /* 2. which rate limit: per user when signed in, else per client IP */
     if (r->auth == AUTH_SIGNED_IN) {
-        enum MHD_Result x = authenticate(q);
-        if (!q->authed)
-            return x;
-    }
-
-    /* 2. rate limit: per user when signed in, else per client IP */
-    int limit = 0;
-    char key[160];
-    if (q->authed) {
-        limit = 0; /* already counted in authenticate(), pipelined with the revocation check */
+        q->rl_limit = cfg->rl_user_rpm;
+        q->rl_kind = "user";
+        snprintf(q->rl_key, sizeof q->rl_key, "user:%s", q->claims.sub);
     } else if (r->limit == LIMIT_AUTH) {
-        limit = cfg->rl_auth_rpm;
-        snprintf(key, sizeof key, "auth:%s", q->client_ip);
+        q->rl_limit = cfg->rl_auth_rpm;
+        q->rl_kind = "auth";
+        snprintf(q->rl_key, sizeof q->rl_key, "auth:%s", q->client_ip);
     } else if (r->limit == LIMIT_DEFAULT) {
-        limit = cfg->rl_anon_rpm;
-        snprintf(key, sizeof key, "anon:%s", q->client_ip);
-    }
-    if (limit > 0) {
-        ratelimit_check(q->s->d.rl, key, limit, &q->rl);
-        q->rl_set = true;
-    }
-    if (q->rl_set) {
-        if (!q->rl.allowed) {
-            const char *lv[] = {r->limit == LIMIT_AUTH && !q->authed ? "auth"
-                                : q->authed                          ? "user"
-                                                                     : "anon"};
-            metrics_inc(q->s->m_rl, lv);
-            err_info e;
-            err_clear(&e);
-            err_set(&e, ERR_RESOURCE_EXHAUSTED, "rate limit exceeded; retry later");
-            e.retry_after_s = q->rl.retry_after_s;
-            return send_error(q, &e, 0, NULL);
-        }
+        q->rl_limit = cfg->rl_anon_rpm;
+        q->rl_kind = "anon";
+        snprintf(q->rl_key, sizeof q->rl_key, "anon:%s", q->client_ip);
     }
 
-    /* 3. transcoding */
-    char cookie[1024];
-    char etag[256];
-    collect c = {NULL, 0, 0};
-    int nq = MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
-    if (nq > 0) {
-        c.kv = arena_alloc(q->a, (size_t)nq * sizeof *c.kv);
-        c.cap = (size_t)nq;
-        MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, collect_kv, &c);
+    /* 3. the request message */
+    transcode(q);
+
+    /* 4. suspend; revocation and rate limit in one Redis job, then authorization and the RPC run
+     * off this thread, each step starting the next */
+    cache_mux_cmd cmds[2];
+    int n = 0;
+    q->ix_mget = q->ix_rl = -1;
+    if (r->auth == AUTH_SIGNED_IN && q->s->d.redis) {
+        authn_revocation_prepare(&q->claims, &q->ac);
+        cmds[n] = (cache_mux_cmd){4, q->ac.argv, q->ac.lens};
+        q->ix_mget = n++;
     }
-    transcode_input in = {0};
-    in.body = q->body;
-    in.body_len = q->body_len;
-    in.query = c.kv;
-    in.nquery = c.n;
-    const char *im = hdr(q, "If-Match");
-    if (im) {
-        mw_etag_from_if_match(im, etag, sizeof etag);
-        in.if_match = etag;
+    if (q->rl_limit > 0 && q->s->d.redis &&
+        ratelimit_prepare(q->s->d.rl, q->rl_key, q->rl_limit, &q->rlc)) {
+        cmds[n] = (cache_mux_cmd){6, q->rlc.argv, q->rlc.lens};
+        q->ix_rl = n++;
     }
-    if ((r->flags & RF_READ_COOKIE) &&
-        mw_cookie_get(hdr(q, MHD_HTTP_HEADER_COOKIE), "refresh_token", cookie, sizeof cookie))
-        in.cookie_refresh = cookie;
-    if (q->authed) {
-        in.sub = q->claims.sub;
-        in.sid = q->claims.sid;
-        in.jti = q->claims.jti;
-    }
+    q->st = ST_ASYNC;
+    q->ph = PH_REDIS;
+    MHD_suspend_connection(q->conn);
+    atomic_fetch_add(&q->refs, 1);
     err_info e;
     err_clear(&e);
-    if (transcode_request(r, &q->m, &in, q->a, &q->msg, &e) != ERR_OK)
-        return send_error(q, &e, 0, NULL);
-
-    /* 4. authorization */
-    const char *perm = q->authed ? perm_needed(q) : NULL;
-    if (perm) {
-        Permission__V1__CheckRequest *cr = arena_alloc(q->a, sizeof *cr);
-        permission__v1__check_request__init(cr);
-        cr->user_id = q->claims.sub;
-        cr->permission = (char *)perm;
-        start_call(q, SVC_PERMISSION, "/permission.v1.PermissionService/Check", &cr->base,
-                   &permission__v1__check_response__descriptor, ST_WAIT_CHECK);
-        return MHD_YES;
+    if (n == 0 || cache_mux_submit(q->s->d.redis, n, cmds, on_redis, q, &e) != ERR_OK) {
+        /* No Redis work, no Redis, or the mux is stopping: decide here as if Redis did not
+         * answer (a signed-in route fails closed, limits fall back to the local limiter). */
+        err_clear(&e);
+        if (n > 0)
+            e.code = ERR_UNAVAILABLE;
+        on_redis(q, NULL, &e);
     }
-    return after_check(q);
+    return MHD_YES;
 }
 
-static enum MHD_Result after_check(req *q)
+/* The MHD thread again, after the last asynchronous step resumed the connection. */
+static enum MHD_Result answer_async(req *q)
 {
-    if (q->st == ST_WAIT_CHECK) {
-        if (q->rc != ERR_OK) {
-            /* The permission service failed: never fail open. */
-            err_info e = q->rerr;
-            if (e.code != ERR_DEADLINE_EXCEEDED)
-                e.code = ERR_UNAVAILABLE;
-            return send_upstream_error(q, &e);
-        }
-        const Permission__V1__CheckResponse *cr = (const void *)q->resp;
-        if (!cr || !cr->allowed)
-            return send_code(q, ERR_PERMISSION_DENIED, 0, "permission denied");
+    if (q->failed) {
+        if (q->fail_upstream)
+            return send_upstream_error(q, &q->fail);
+        return send_error(q, &q->fail, q->fail_status, NULL);
     }
-    const routes_route *r = q->m.route;
-    start_call(q, r->svc, r->rpc, q->msg, r->resp, ST_WAIT_RPC);
-    return MHD_YES;
+    return respond_rpc(q);
 }
 
 /* Upstream failures carry transport details (addresses, library errors): keep them in the log,
@@ -576,12 +648,49 @@ static enum MHD_Result respond_rpc(req *q)
 
 /* ---------- local routes ---------- */
 
+/* One of /ready's probes finished: the last one resumes the connection. */
+static void ready_step_done(req *q)
+{
+    if (atomic_fetch_sub(&q->pending, 1) == 1)
+        async_resume(q);
+    req_unref(q);
+}
+
+typedef struct ready_arg {
+    req *q;
+    int i;
+} ready_arg;
+
+static void on_ready_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    ready_arg *ra = arg;
+    req *q = ra->q;
+    (void)e;
+    q->ready_rc[ra->i] = code;
+    q->ready_resp[ra->i] = resp;
+    ready_step_done(q);
+}
+
+static void on_ready_ping(void *arg, cache_reply **replies, const err_info *e)
+{
+    req *q = arg;
+    q->ready_redis = e->code == ERR_OK && cache_reply_kind(replies[0]) == CACHE_REPLY_STRING;
+    ready_step_done(q);
+}
+
 static void start_ready(req *q)
 {
     static const char HEALTH[] = "/grpc.health.v1.Health/Check";
+    static const char *ping[] = {"PING"};
     q->st = ST_WAIT_READY;
-    atomic_store(&q->pending, READY_CHECKS);
+    atomic_store(&q->pending, READY_CHECKS + 1);
     MHD_suspend_connection(q->conn);
+    atomic_fetch_add(&q->refs, 1);
+    cache_mux_cmd pc = {1, ping, NULL};
+    err_info pe;
+    err_clear(&pe);
+    if (!q->s->d.redis || cache_mux_submit(q->s->d.redis, 1, &pc, on_ready_ping, q, &pe) != ERR_OK)
+        ready_step_done(q); /* ready_redis stays false */
     int64_t dl = rpc_now_ms() + 1000;
     for (int i = 0; i < READY_CHECKS; i++) {
         q->ready_arena[i] = arena_new(1024);
@@ -618,17 +727,7 @@ static enum MHD_Result finish_ready(req *q)
         n += (size_t)snprintf(body + n, sizeof body - n, "\"%s\":\"%s\",",
                               upstream_name((routes_svc)i), serving ? "SERVING" : "NOT_SERVING");
     }
-    bool redis_ok = false;
-    if (q->s->d.redis) {
-        const char *argv[] = {"PING"};
-        size_t lens[] = {4};
-        cache_reply *r = NULL;
-        err_info e;
-        err_clear(&e);
-        redis_ok = cache_command(q->s->d.redis, 1, argv, lens, &r, &e) == ERR_OK && r &&
-                   cache_reply_kind(r) == CACHE_REPLY_STRING;
-        cache_reply_free(r);
-    }
+    bool redis_ok = q->ready_redis;
     bool keys = authn_has_keys(q->s->d.an);
     ok = ok && redis_ok && keys;
     n += (size_t)snprintf(body + n, sizeof body - n,
@@ -895,10 +994,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     switch (q->st) {
     case ST_BODY:
         return process(q);
-    case ST_WAIT_CHECK:
-        return after_check(q);
-    case ST_WAIT_RPC:
-        return respond_rpc(q);
+    case ST_ASYNC:
+        return answer_async(q);
     case ST_WAIT_READY:
         return finish_ready(q);
     case ST_DONE:

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 
 #include "authn.h"
-#include "common/cache.h"
+#include "common/cache_mux.h"
 #include "common/metrics.h"
 #include "gw_config.h"
 #include "ratelimit.h"
@@ -17,7 +17,7 @@ typedef struct http_deps {
     authn *an;
     ratelimit *rl;
     upstream *up;
-    cache *redis; /* for /ready's PING; may be NULL */
+    cache_mux *redis; /* revocation, rate limits, /ready's PING; NULL = no Redis (fail closed) */
     metrics_registry *metrics;
 } http_deps;
 

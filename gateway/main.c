@@ -6,6 +6,7 @@
 
 #include "authn.h"
 #include "common/cache.h"
+#include "common/cache_mux.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/rpc_client.h"
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
     authn *an = authn_new(&ao);
     ratelimit *rl = ratelimit_new(redis);
     upstream *up = NULL;
+    cache_mux *mux = NULL;
     http_server *hs = NULL;
     metrics_http *mh = NULL;
     if (!redis) {
@@ -92,7 +94,12 @@ int main(int argc, char **argv)
         goto out;
     }
     upstream_start_key_refresher(up, an, cfg.jwks_refresh_sec);
-    http_deps d = {&cfg, an, rl, up, redis, mr};
+    mux = cache_mux_new(redis, &e);
+    if (!mux) {
+        log_error(NULL, "redis: %s", e.msg);
+        goto out;
+    }
+    http_deps d = {&cfg, an, rl, up, mux, mr};
     hs = http_server_start(&d, &e);
     if (!hs) {
         log_error(NULL, "http: %s", e.msg);
@@ -118,6 +125,7 @@ int main(int argc, char **argv)
 out:
     metrics_http_stop(mh);
     http_server_free(hs);
+    cache_mux_free(mux);
     upstream_free(up);
     ratelimit_free(rl);
     authn_free(an);

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "common/log.h"
 #include "common/mem.h"
 
@@ -61,7 +63,7 @@ typedef struct local_slot {
 
 struct ratelimit {
     cache *c;
-    char sha[48];
+    char sha[48]; /* SHA1 of RATELIMIT_LUA, what EVALSHA names; constant after ratelimit_new */
     pthread_mutex_t mu;
     local_slot *slots;
     int64_t last_warn;
@@ -73,7 +75,14 @@ ratelimit *ratelimit_new(cache *c)
     rl->c = c;
     pthread_mutex_init(&rl->mu, NULL);
     rl->slots = xcalloc(LOCAL_SLOTS, sizeof *rl->slots);
-    /* SHA1 of the script: computed by Redis at first SCRIPT LOAD; we keep it once known. */
+    /* Redis names a script by the SHA1 of its text: knowing it up front lets every request go out
+     * as EVALSHA in one pipelined round trip; a NOSCRIPT answer (new or restarted Redis) loads it.
+     */
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(RATELIMIT_LUA, strlen(RATELIMIT_LUA), md, &mdlen, EVP_sha1(), NULL);
+    for (unsigned int i = 0; i < mdlen && 2 * i + 2 < sizeof rl->sha; i++)
+        snprintf(rl->sha + 2 * i, 3, "%02x", md[i]);
     return rl;
 }
 
@@ -143,27 +152,16 @@ static bool parse_reply(const cache_reply *r, int limit, rl_result *out)
     return true;
 }
 
-/* SCRIPT LOAD once (and again after a NOSCRIPT, e.g. Redis restarted). */
-static bool load_script(ratelimit *rl, char *sha, size_t len)
+/* SCRIPT LOAD (after a NOSCRIPT: new or restarted Redis). */
+static bool load_script(ratelimit *rl)
 {
     const char *argv[] = {"SCRIPT", "LOAD", RATELIMIT_LUA};
     cache_reply *r = NULL;
     if (cmd(rl->c, 3, argv, &r) != ERR_OK)
         return false;
-    bool ok = false;
-    if (cache_reply_kind(r) == CACHE_REPLY_STRING) {
-        size_t n = 0;
-        const char *s = cache_reply_str(r, &n);
-        if (n < len) {
-            pthread_mutex_lock(&rl->mu);
-            memcpy(rl->sha, s, n);
-            rl->sha[n] = 0;
-            memcpy(sha, s, n);
-            sha[n] = 0;
-            pthread_mutex_unlock(&rl->mu);
-            ok = true;
-        }
-    }
+    size_t n = 0;
+    const char *s = cache_reply_str(r, &n);
+    bool ok = cache_reply_kind(r) == CACHE_REPLY_STRING && s && strcmp(s, rl->sha) == 0;
     cache_reply_free(r);
     return ok;
 }
@@ -179,18 +177,15 @@ void ratelimit_check(ratelimit *rl, const char *key, int limit, rl_result *out)
         local_check(rl, key, limit, out);
         return;
     }
-    char sha[48];
-    pthread_mutex_lock(&rl->mu);
-    memcpy(sha, rl->sha, sizeof sha);
-    pthread_mutex_unlock(&rl->mu);
     char rkey[128], T[32], burst[16];
     snprintf(rkey, sizeof rkey, "rl:%s", key);
     snprintf(T, sizeof T, "%.6f", 60000.0 / limit);
     snprintf(burst, sizeof burst, "%d", limit);
+    bool loaded = false;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (!sha[0] && !load_script(rl, sha, sizeof sha))
+        if (attempt == 1 && !(loaded = load_script(rl)))
             break;
-        const char *argv[] = {"EVALSHA", sha, "1", rkey, T, burst};
+        const char *argv[] = {"EVALSHA", rl->sha, "1", rkey, T, burst};
         cache_reply *r = NULL;
         if (cmd(rl->c, 6, argv, &r) != ERR_OK)
             break;
@@ -199,10 +194,8 @@ void ratelimit_check(ratelimit *rl, const char *key, int limit, rl_result *out)
             const char *s = cache_reply_str(r, &n);
             bool noscript = s && strncmp(s, "NOSCRIPT", 8) == 0;
             cache_reply_free(r);
-            if (noscript) {
-                sha[0] = 0;
+            if (noscript && !loaded)
                 continue;
-            }
             break;
         }
         bool ok = parse_reply(r, limit, out);
@@ -218,11 +211,7 @@ bool ratelimit_prepare(ratelimit *rl, const char *key, int limit, ratelimit_cmd 
 {
     if (limit <= 0 || !rl->c)
         return false;
-    pthread_mutex_lock(&rl->mu);
     memcpy(cmd->sha, rl->sha, sizeof cmd->sha);
-    pthread_mutex_unlock(&rl->mu);
-    if (!cmd->sha[0])
-        return false;
     cmd->limit = limit;
     cmd->raw_key = key;
     snprintf(cmd->key, sizeof cmd->key, "rl:%s", key);
@@ -244,10 +233,6 @@ void ratelimit_finish(ratelimit *rl, ratelimit_cmd *cmd, const cache_reply *r, r
     }
     if (parse_reply(r, cmd->limit, out))
         return;
-    if (cache_reply_kind(r) == CACHE_REPLY_ERROR) {
-        pthread_mutex_lock(&rl->mu);
-        rl->sha[0] = 0; /* NOSCRIPT (Redis restarted): reload on the slow path */
-        pthread_mutex_unlock(&rl->mu);
-    }
+    /* NOSCRIPT (new or restarted Redis): the slow path loads the script and counts once. */
     ratelimit_check(rl, cmd->raw_key, cmd->limit, out);
 }

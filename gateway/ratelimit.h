@@ -32,10 +32,11 @@ void ratelimit_free(ratelimit *rl);
  * Redis cannot answer, the per-process limiter decides. limit <= 0: always allowed. Thread-safe. */
 void ratelimit_check(ratelimit *rl, const char *key, int limit_per_min, rl_result *out);
 
-/* Pipelining (one Redis round trip with the revocation MGET): ratelimit_prepare fills cmd with the
- * EVALSHA command and returns true, or returns false when the limit is off or the script is not
- * loaded yet (then call ratelimit_check). ratelimit_finish interprets the reply (NULL = transport
- * failure) and falls back to ratelimit_check / the local limiter as needed. */
+/* Pipelining (one Redis round trip with the revocation MGET, through common/cache_mux):
+ * ratelimit_prepare fills cmd with the EVALSHA command and returns true, or false when the limit is
+ * off or there is no Redis (then ratelimit_check decides locally). key must outlive cmd.
+ * ratelimit_finish interprets the reply (NULL = transport failure → the local limiter; NOSCRIPT →
+ * ratelimit_check, which loads the script: a blocking round trip once per Redis start). */
 typedef struct ratelimit_cmd {
     const char *argv[6];
     size_t lens[6];

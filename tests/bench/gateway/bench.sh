@@ -4,7 +4,7 @@
 # (../shared/peers/express, WORKERS=2) and nginx serving a static JSON (the HTTP ceiling).
 #   tests/bench/gateway/bench.sh [duration]      (default 10s; REPEAT=n runs each wrk n times)
 # Env: BUILD (default build-gateway-rel, built with -DCMAKE_BUILD_TYPE=Release), EXPRESS_DIR,
-# SKIP_EXPRESS=1, SKIP_NGINX=1, CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir). Every process started here is stopped at exit (by PID).
+# SKIP_EXPRESS=1, SKIP_NGINX=1, ONLY=<name part> (e.g. ONLY=me: only the runs whose name has it), CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir). Every process started here is stopped at exit (by PID).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -63,12 +63,33 @@ for _ in $(seq 1 100); do curl -fs "$GW/ready" >/dev/null && break; sleep 0.1; d
 
 run() { # name url script [env...]
   local name=$1 url=$2 script=$3; shift 3
+  if [ -n "${ONLY:-}" ] && [[ "$name" != *"$ONLY"* ]]; then return 0; fi
   env "$@" wrk -t1 -c"$CONNS" -d3s ${script:+-s "$script"} "$url" >/dev/null 2>&1 || true
   for _ in $(seq 1 "$REPEAT"); do
     echo "-- $name: wrk -t1 -c$CONNS -d$D --latency ${script:+-s $(basename "$script")} $url"
-    env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" \
-      | grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors"
+    cpu_snap >"$W/cpu.before"
+    env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" >"$W/wrk.out"
+    cpu_snap >"$W/cpu.after"
+    grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors" "$W/wrk.out"
+    cpu_report "$(awk '/Requests\/sec/{print $2}' "$W/wrk.out")"
   done
+}
+# CPU seconds (utime+stime) of every process, to report CPU microseconds per request by process.
+cpu_snap() {
+  for d in /proc/[0-9]*; do
+    [ -r "$d/stat" ] || continue
+    awk -v tck="$(getconf CLK_TCK)" '{sub(/^[0-9]+ \(/,""); n=$0; sub(/\).*/,"",n); sub(/^[^)]*\) /,"");
+      split($0,f," "); printf "%s %s %.4f\n", FILENAME, n, (f[12]+f[13])/tck}' "$d/stat" 2>/dev/null
+  done
+}
+cpu_report() { # req/s: prints µs of CPU per request for the processes that used > 2 % of it
+  local rps=$1 secs; secs=$(awk -v d="$D" 'BEGIN{sub(/s$/,"",d); print d+0}')
+  awk -v rps="$rps" -v secs="$secs" 'NR==FNR{b[$1]=$3; next}
+    {d=$3-b[$1]; if (d>0) {u[$2]+=d}}
+    END{t=0; for(k in u) t+=u[k]; n=rps*secs; if(n<=0) exit;
+      line=sprintf("   cpu per request: total %.0f us", t*1e6/n);
+      for(k in u) if(u[k]>t*0.02) line=line sprintf(", %s %.0f", k, u[k]*1e6/n); print line}' \
+    "$W/cpu.before" "$W/cpu.after"
 }
 register() { # base → sets TOKEN USER_ID EMAIL PASSWORD
   EMAIL="bench-$RANDOM$RANDOM@example.com"; PASSWORD="bench-password-1"
