@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -936,6 +937,134 @@ static void test_redis_down(void)
     CU_ASSERT_EQUAL(ts_stop(pid, SIGTERM, 15000), 0);
 }
 
+/* A slow Redis holds memory, not a thread. Redis here is a listener that accepts (in the kernel
+ * backlog) and never answers; the gateway has one HTTP thread and waits 1.5 s for Redis. Four
+ * signed-in requests are parked on that Redis while /health, on the same single thread, answers at
+ * once; then each of the four fails closed (503: revocation could not be checked) after the Redis
+ * timeout. A design that waited for Redis on the HTTP thread would hold /health for >= 1.5 s. */
+static void test_redis_frozen(void)
+{
+    NEED_STACK();
+    int frozen = ts_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CU_ASSERT_FATAL(ls >= 0);
+    struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons((uint16_t)frozen)};
+    la.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* a deep backlog: every failed round trip leaves one never-accepted connection behind */
+    if (bind(ls, (struct sockaddr *)&la, sizeof la) != 0 || listen(ls, 128) != 0) {
+        close(ls);
+        CU_FAIL_FATAL("cannot listen for the frozen Redis");
+    }
+    int port = ts_free_port();
+    char l[64], r[128], a[3][128];
+    snprintf(l, sizeof l, "LISTEN_ADDR=127.0.0.1:%d", port);
+    snprintf(r, sizeof r, "REDIS_URL=redis://127.0.0.1:%d/0", frozen);
+    snprintf(a[0], sizeof a[0], "AUTH_SERVICE_ADDR=%s", g_auth_addr);
+    snprintf(a[1], sizeof a[1], "USER_SERVICE_ADDR=%s", g_user_addr);
+    snprintf(a[2], sizeof a[2], "PERMISSION_SERVICE_ADDR=%s", g_perm_addr);
+    char *env[] = {
+        l, r, a[0], a[1], a[2], "REDIS_TIMEOUT_MS=1500", "HTTP_THREADS=1", "LOG_LEVEL=error", NULL};
+    int pid = spawn("gateway", env);
+    int fds[4] = {-1, -1, -1, -1};
+    if (ts_wait_port(port, 20000) != 0) {
+        CU_FAIL("gateway did not start");
+        goto out;
+    }
+    char tok[2048];
+    if (login(ADMIN_EMAIL, ADMIN_PASSWORD, tok, sizeof tok, NULL, 0) != 200) {
+        CU_FAIL("admin login");
+        goto out;
+    }
+    /* Until the keys have arrived from auth, /v1/users/me is a quick 503 "signing keys not loaded
+     * yet"; after that it reaches the frozen Redis and is a 503 "revocation" after 1.5 s. */
+    res x;
+    int keyed = 0;
+    for (int i = 0; i < 40 && !keyed; i++) {
+        int s = call_port(port, "GET", "/v1/users/me", tok, NULL, NULL, &x);
+        keyed = s == 503 && strstr(x.r.body ? x.r.body : "", "revocation");
+        if (!keyed && s != 503)
+            fprintf(stderr, "  frozen redis: users/me %d: %s\n", s, x.r.body ? x.r.body : "");
+        res_free(&x);
+        if (!keyed)
+            usleep(100000);
+    }
+    if (!keyed) {
+        CU_FAIL("the gateway never reached the revocation check");
+        goto out;
+    }
+    /* past the cache's backoff after that failure (50 ms), so the next requests wait on Redis
+     * again instead of failing fast */
+    usleep(300000);
+
+    char rq[2300];
+    int rqn = snprintf(rq, sizeof rq,
+                       "GET /v1/users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                       "Connection: close\r\n\r\n",
+                       tok);
+    if (rqn <= 0 || rqn >= (int)sizeof rq) {
+        CU_FAIL("request too long");
+        goto out;
+    }
+    struct sockaddr_in ga = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    ga.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    long long sent = ts_now_ms();
+    for (int i = 0; i < 4; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&ga, sizeof ga) != 0 ||
+            send(fds[i], rq, (size_t)rqn, MSG_NOSIGNAL) != rqn) {
+            CU_FAIL("cannot send a request to the gateway");
+            goto out;
+        }
+    }
+    /* a moment for the gateway's thread to read them and park them on Redis */
+    usleep(100000);
+
+    /* the single HTTP thread is free while the four wait */
+    long long t0 = ts_now_ms();
+    int hs = call_port(port, "GET", "/health", NULL, NULL, NULL, &x);
+    long long health_ms = ts_now_ms() - t0;
+    res_free(&x);
+    fprintf(stderr, "  frozen redis: /health %d in %lld ms with 4 requests waiting on Redis\n", hs,
+            health_ms);
+    CU_ASSERT_EQUAL(hs, 200);
+    CU_ASSERT(health_ms < 500);
+
+    /* each of the four fails closed once Redis times out */
+    long long first = -1, last = -1;
+    for (int i = 0; i < 4; i++) {
+        struct timeval tv = {5, 0};
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char b[4096];
+        size_t n = 0;
+        while (n < sizeof b - 1 && !memchr(b, '\n', n)) {
+            ssize_t k = recv(fds[i], b + n, sizeof b - 1 - n, 0);
+            if (k <= 0)
+                break;
+            n += (size_t)k;
+        }
+        b[n] = 0;
+        long long took = ts_now_ms() - sent;
+        if (strncmp(b, "HTTP/1.1 503", 12) != 0)
+            fprintf(stderr, "  frozen redis: request %d after %lld ms: '%.40s'\n", i, took, b);
+        CU_ASSERT_EQUAL(strncmp(b, "HTTP/1.1 503", 12), 0);
+        /* it did wait on Redis: answered after the timeout, not failed fast */
+        CU_ASSERT(took >= 1000);
+        if (first < 0)
+            first = took;
+        last = took;
+        close(fds[i]);
+        fds[i] = -1;
+    }
+    fprintf(stderr, "  frozen redis: the four answered after %lld..%lld ms\n", first, last);
+out:
+    for (int i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    g_pids[--g_npids] = 0;
+    CU_ASSERT_EQUAL(ts_stop(pid, SIGTERM, 15000), 0);
+    close(ls);
+}
+
 /* A request that cannot finish within REQUEST_TIMEOUT_MS is a 504 (the user service is frozen with
  * SIGSTOP under a gateway whose deadline is 500 ms), and the gateway recovers once it thaws. */
 static void test_deadline(void)
@@ -1090,6 +1219,7 @@ int main(void)
                                     {"malformed bodies", test_malformed_bodies},
                                     {"delete user", test_delete_user},
                                     {"redis down", test_redis_down},
+                                    {"redis frozen: no thread waits", test_redis_frozen},
                                     {"slow clients", test_slow_clients},
                                     {"deadline 504", test_deadline},
                                     {"graceful shutdown", test_graceful_shutdown},
