@@ -1,8 +1,9 @@
-/* echo_service: echoes its request and the call's context; misbehaves on request (see echo.proto).
- */
+/* echo_service: echoes its request and the call's context; misbehaves on request (see echo.proto),
+ * and answers asynchronously on request (see echo_service.h). */
 #include "echo_service.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -13,14 +14,12 @@ static void sleep_ms(int ms)
         ;
 }
 
-static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage **respm,
-                     err_info *e)
+/* The answer, after any sleep: what the handler returns for this request. */
+static err_code echo_answer(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage **respm,
+                            err_info *e)
 {
     const Test__V1__EchoRequest *req = (const Test__V1__EchoRequest *)reqm;
     echo_state *st = ctx->state;
-    if (req->sleep_ms > 0)
-        sleep_ms(req->sleep_ms);
-
     if (req->fail_code == -1)
         return ERR_OK; /* and no response: the server must answer INTERNAL */
     if (req->fail_code == -2) {
@@ -76,6 +75,214 @@ static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessag
     }
     *respm = &r->base;
     return ERR_OK;
+}
+
+/* --- asynchronous answers ------------------------------------------------------------------ */
+
+typedef enum echo_mode { MODE_SYNC, MODE_REPLY, MODE_CONTINUE, MODE_CONTINUE_PENDING } echo_mode;
+
+static bool has_prefix(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+static echo_mode mode_of(const Test__V1__EchoRequest *req)
+{
+    const char *t = req->text ? req->text : "";
+    if (has_prefix(t, ECHO_ASYNC_REPLY))
+        return MODE_REPLY;
+    if (has_prefix(t, ECHO_ASYNC_CONTINUE))
+        return MODE_CONTINUE;
+    if (has_prefix(t, ECHO_ASYNC_CONTINUE_PENDING))
+        return MODE_CONTINUE_PENDING;
+    return MODE_SYNC;
+}
+
+typedef enum job_kind { JOB_REPLY, JOB_CONTINUE } job_kind;
+
+typedef struct echo_job {
+    struct echo_job *next;
+    int64_t due_ms;
+    job_kind kind;
+    rpc_ctx *ctx;
+    const ProtobufCMessage *req;
+} echo_job;
+
+struct echo_replier {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC: jobs queued, pending counted, stop */
+    echo_job *head;    /* by due time, first come first within the same time */
+    bool stop;
+    pthread_t tid;
+    echo_async_seen seen;
+};
+
+static void ms_to_timespec(int64_t ms, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ms / 1000);
+    ts->tv_nsec = (long)(ms % 1000) * 1000000L;
+}
+
+/* Queues a job and counts a pending call; the caller returns RPC_PENDING right after and touches
+ * ctx no more (the replier may answer before it returned). */
+static void enqueue_locked(echo_replier *r, job_kind kind, rpc_ctx *ctx,
+                           const ProtobufCMessage *req, int delay_ms)
+{
+    echo_job *j = calloc(1, sizeof *j);
+    if (!j)
+        abort();
+    j->due_ms = rpc_now_ms() + (delay_ms > 0 ? delay_ms : 0);
+    j->kind = kind;
+    j->ctx = ctx;
+    j->req = req;
+    echo_job **pp = &r->head;
+    while (*pp && (*pp)->due_ms <= j->due_ms)
+        pp = &(*pp)->next;
+    j->next = *pp;
+    *pp = j;
+    r->seen.pending++;
+    pthread_cond_broadcast(&r->cv);
+}
+
+static err_code echo_continuation(rpc_ctx *ctx, const ProtobufCMessage *reqm,
+                                  ProtobufCMessage **respm, err_info *e)
+{
+    const Test__V1__EchoRequest *req = (const Test__V1__EchoRequest *)reqm;
+    echo_state *st = ctx->state;
+    echo_replier *r = st->replier;
+    pthread_mutex_lock(&r->mu);
+    r->seen.continuations++;
+    r->seen.continuation = pthread_self();
+    if (pthread_equal(pthread_self(), r->tid))
+        r->seen.cont_on_replier = true;
+    if (mode_of(req) == MODE_CONTINUE_PENDING) {
+        enqueue_locked(r, JOB_REPLY, ctx, reqm, req->sleep_ms);
+        pthread_mutex_unlock(&r->mu);
+        return RPC_PENDING;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return echo_answer(ctx, reqm, respm, e);
+}
+
+static void run_job(const echo_job *j)
+{
+    if (j->kind == JOB_CONTINUE) {
+        rpc_continue(j->ctx, echo_continuation);
+        return;
+    }
+    err_info e;
+    err_clear(&e);
+    ProtobufCMessage *resp = NULL;
+    err_code rc = echo_answer(j->ctx, j->req, &resp, &e);
+    rpc_reply(j->ctx, rc, resp, rc == ERR_OK ? NULL : &e);
+}
+
+static void *replier_main(void *arg)
+{
+    echo_replier *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        if (!r->head) {
+            if (r->stop)
+                break;
+            pthread_cond_wait(&r->cv, &r->mu);
+            continue;
+        }
+        if (r->head->due_ms > rpc_now_ms()) {
+            struct timespec ts;
+            ms_to_timespec(r->head->due_ms, &ts);
+            pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+            continue;
+        }
+        echo_job *j = r->head;
+        r->head = j->next;
+        if (j->kind == JOB_REPLY)
+            r->seen.replies++;
+        else
+            r->seen.continues++;
+        pthread_mutex_unlock(&r->mu);
+        run_job(j);
+        free(j);
+        pthread_mutex_lock(&r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+echo_replier *echo_replier_new(void)
+{
+    echo_replier *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&r->tid, NULL, replier_main, r) != 0) {
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        return NULL;
+    }
+    r->seen.replier = r->tid;
+    return r;
+}
+
+void echo_replier_free(echo_replier *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->tid, NULL);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+void echo_replier_seen(echo_replier *r, echo_async_seen *out)
+{
+    pthread_mutex_lock(&r->mu);
+    *out = r->seen;
+    pthread_mutex_unlock(&r->mu);
+}
+
+bool echo_replier_wait_pending(echo_replier *r, int n, int timeout_ms)
+{
+    struct timespec ts;
+    ms_to_timespec(rpc_now_ms() + timeout_ms, &ts);
+    pthread_mutex_lock(&r->mu);
+    while (r->seen.pending < n)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
+            break;
+    bool ok = r->seen.pending >= n;
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage **respm,
+                     err_info *e)
+{
+    const Test__V1__EchoRequest *req = (const Test__V1__EchoRequest *)reqm;
+    echo_state *st = ctx->state;
+    echo_mode mode = mode_of(req);
+    if (mode != MODE_SYNC) {
+        if (!st || !st->replier)
+            return err_set(e, ERR_FAILED_PRECONDITION, "asynchronous echo without a replier");
+        echo_replier *r = st->replier;
+        pthread_mutex_lock(&r->mu);
+        r->seen.handler = pthread_self();
+        enqueue_locked(r, mode == MODE_REPLY ? JOB_REPLY : JOB_CONTINUE, ctx, reqm, req->sleep_ms);
+        pthread_mutex_unlock(&r->mu);
+        return RPC_PENDING;
+    }
+    if (req->sleep_ms > 0)
+        sleep_ms(req->sleep_ms);
+    return echo_answer(ctx, reqm, respm, e);
 }
 
 const rpc_method echo_methods[] = {

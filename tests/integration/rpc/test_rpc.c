@@ -1,6 +1,7 @@
 /* test_rpc: rpc_server + rpc_client end to end over loopback with the echo test service:
  * round trip, metadata, deadlines, errors and their details, propagation, health, limits,
- * concurrency and shutdown with calls in flight. */
+ * concurrency and shutdown with calls in flight; asynchronous handlers (RPC_PENDING, rpc_reply,
+ * rpc_continue). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -693,6 +694,498 @@ static void test_shutdown_grace_over(void)
     rpc_server_free(s);
 }
 
+/* --- asynchronous handlers (RPC_PENDING, rpc_reply, rpc_continue) -------------------------- */
+
+/* on_call_done as seen by one server: every code, in order. */
+typedef struct hook_log {
+    pthread_mutex_t mu;
+    int n;
+    err_code codes[64];
+} hook_log;
+
+static void record_done(void *arg, const char *method, err_code code, double seconds)
+{
+    (void)method;
+    (void)seconds;
+    hook_log *h = arg;
+    pthread_mutex_lock(&h->mu);
+    if (h->n < (int)(sizeof h->codes / sizeof h->codes[0]))
+        h->codes[h->n] = code;
+    h->n++;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static int hook_count(hook_log *h, err_code *last)
+{
+    pthread_mutex_lock(&h->mu);
+    int n = h->n;
+    if (last && n > 0 && n <= (int)(sizeof h->codes / sizeof h->codes[0]))
+        *last = h->codes[n - 1];
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/* A server of the echo service with a replier (the asynchronous modes), its own hook and a
+ * client. */
+typedef struct async_srv {
+    echo_state st;
+    rpc_server *s;
+    rpc_client *c;
+    hook_log hooks;
+} async_srv;
+
+static bool async_srv_start(async_srv *as, int threads)
+{
+    memset(as, 0, sizeof *as);
+    pthread_mutex_init(&as->hooks.mu, NULL);
+    as->st.replier = echo_replier_new();
+    if (!as->st.replier)
+        return false;
+    rpc_server_opts o = {.addr = "127.0.0.1:0",
+                         .service_name = ECHO_SERVICE,
+                         .threads = threads,
+                         .max_message_bytes = MAX_MSG,
+                         .state = &as->st,
+                         .on_call_done = record_done,
+                         .on_call_done_arg = &as->hooks};
+    err_info e;
+    as->s = rpc_server_new(&o, echo_methods, echo_nmethods, &e);
+    if (!as->s || rpc_server_start(as->s, &e) != ERR_OK) {
+        fprintf(stderr, "async server: %s\n", e.msg);
+        rpc_server_free(as->s);
+        echo_replier_free(as->st.replier);
+        return false;
+    }
+    as->c = client_for(as->s);
+    return as->c != NULL;
+}
+
+static void async_srv_stop(async_srv *as)
+{
+    rpc_client_free(as->c);
+    /* The server first: its shutdown waits for pending calls, which the replier answers. */
+    rpc_server_free(as->s);
+    echo_replier_free(as->st.replier);
+    pthread_mutex_destroy(&as->hooks.mu);
+}
+
+/* One asynchronous client call and what came back. */
+typedef struct async_result {
+    char text[64];
+    err_code code;
+    char msg[ERR_MSG_LEN];
+    int64_t t0, took_ms;
+    atomic_int *finished;
+    arena *a;
+} async_result;
+
+static void result_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    async_result *s = arg;
+    const Test__V1__EchoResponse *r = (const Test__V1__EchoResponse *)resp;
+    s->code = code;
+    snprintf(s->msg, sizeof s->msg, "%s", e ? e->msg : "");
+    snprintf(s->text, sizeof s->text, "%s", code == ERR_OK && r && r->text ? r->text : "");
+    s->took_ms = rpc_now_ms() - s->t0;
+    pthread_mutex_lock(&async_mu);
+    atomic_fetch_add(s->finished, 1);
+    pthread_cond_broadcast(&async_cv);
+    pthread_mutex_unlock(&async_mu);
+}
+
+static void start_async_echo(rpc_client *c, async_result *s, const char *text, int delay_ms,
+                             int timeout_ms, atomic_int *finished)
+{
+    memset(s, 0, sizeof *s);
+    s->finished = finished;
+    s->a = arena_new(0);
+    s->code = (err_code)-1;
+    s->t0 = rpc_now_ms();
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = (char *)text;
+    req.sleep_ms = delay_ms;
+    rpc_call_opts o = {.deadline_ms = rpc_now_ms() + timeout_ms};
+    err_info e;
+    CU_ASSERT_EQUAL(rpc_client_call_async(c, ECHO_METHOD, &req.base,
+                                          &test__v1__echo_response__descriptor, &o, s->a,
+                                          result_done, s, &e),
+                    ERR_OK);
+}
+
+/* A blocking call of `text` answered after delay_ms; fail_code as in echo.proto. */
+static err_code echo_text(rpc_client *c, const char *text, int delay_ms, int fail_code, arena *a,
+                          Test__V1__EchoResponse **r, err_info *e)
+{
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = (char *)text;
+    req.sleep_ms = delay_ms;
+    req.fail_code = fail_code;
+    *r = NULL;
+    return echo_call(c, &req, NULL, a, r, e);
+}
+
+static void test_async_reply(void)
+{
+    /* One worker thread, so a handler that held it while waiting would stall everything else. */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 1));
+    arena *a = arena_new(0);
+    err_info e;
+
+    /* Answered 50 ms later by rpc_reply on the replier thread; ctx (metadata, arena) and the
+     * request lived until then. */
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = ECHO_ASYNC_REPLY "hello";
+    req.sleep_ms = 50;
+    rpc_metadata md = {.request_id = "async-req-1", .actor_id = "user-9"};
+    rpc_call_opts o = {.md = &md, .deadline_ms = rpc_now_ms() + 5000};
+    Test__V1__EchoResponse *r = NULL;
+    int64_t t0 = rpc_now_ms();
+    CU_ASSERT_EQUAL_FATAL(echo_call(as.c, &req, &o, a, &r, &e), ERR_OK);
+    int64_t took = rpc_now_ms() - t0;
+    CU_ASSERT_STRING_EQUAL(r->text, ECHO_ASYNC_REPLY "hello");
+    CU_ASSERT_STRING_EQUAL(r->request_id, "async-req-1");
+    CU_ASSERT_STRING_EQUAL(r->actor_id, "user-9");
+    CU_ASSERT(r->deadline_left_ms > 0 && r->deadline_left_ms <= 5100);
+    CU_ASSERT(took >= 45);
+    echo_async_seen seen;
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.pending, 1);
+    CU_ASSERT_EQUAL(seen.replies, 1);
+    CU_ASSERT(!pthread_equal(seen.handler, seen.replier));
+
+    /* 8 calls pending (answered 1 s after their handler ran) on the one worker: a synchronous
+     * call meanwhile is served before any of them is answered. */
+    enum { NPEND = 8 };
+    async_result res[NPEND];
+    char texts[NPEND][32];
+    atomic_int finished = 0;
+    for (int i = 0; i < NPEND; i++) {
+        snprintf(texts[i], sizeof texts[i], ECHO_ASYNC_REPLY "p%d", i);
+        start_async_echo(as.c, &res[i], texts[i], 1000, 20000, &finished);
+    }
+    CU_ASSERT_FATAL(echo_replier_wait_pending(as.st.replier, 1 + NPEND, 10000));
+    t0 = rpc_now_ms();
+    CU_ASSERT_EQUAL(echo_text(as.c, "sync", 0, 0, a, &r, &e), ERR_OK);
+    took = rpc_now_ms() - t0;
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_STRING_EQUAL(r ? r->text : "", "sync");
+    CU_ASSERT_EQUAL(seen.replies, 1); /* none of the 8 answered yet */
+    CU_ASSERT_EQUAL(atomic_load(&finished), 0);
+    CU_ASSERT(took < 900);
+
+    CU_ASSERT(wait_finished(&finished, NPEND, 10000));
+    for (int i = 0; i < NPEND; i++) {
+        CU_ASSERT_EQUAL(res[i].code, ERR_OK);
+        CU_ASSERT_STRING_EQUAL(res[i].text, texts[i]);
+        CU_ASSERT(res[i].took_ms >= 990);
+        arena_free(res[i].a);
+    }
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.replies, 1 + NPEND);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
+static void test_async_reply_error(void)
+{
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+
+    /* An error with a field violation, answered by rpc_reply: code, message and details. */
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    char *viol[] = {"email:must be an email address"};
+    req.text = ECHO_ASYNC_REPLY "bad";
+    req.sleep_ms = 30;
+    req.fail_code = ERR_INVALID_ARGUMENT;
+    req.fail_message = "checked later";
+    req.violations = viol;
+    req.n_violations = 1;
+    CU_ASSERT_EQUAL_FATAL(echo_call(as.c, &req, NULL, a, &r, &e), ERR_INVALID_ARGUMENT);
+    CU_ASSERT_EQUAL(e.code, ERR_INVALID_ARGUMENT);
+    CU_ASSERT_STRING_EQUAL(e.msg, "checked later");
+    CU_ASSERT_EQUAL_FATAL(e.nviolations, 1);
+    CU_ASSERT_STRING_EQUAL(e.violations[0].field, "email");
+    CU_ASSERT_STRING_EQUAL(e.violations[0].description, "must be an email address");
+    CU_ASSERT_EQUAL(e.retry_after_s, 0);
+
+    /* RetryInfo too; and a code outside the map becomes UNKNOWN, as from a synchronous handler. */
+    req.fail_code = ERR_RESOURCE_EXHAUSTED;
+    req.fail_message = "";
+    req.n_violations = 0;
+    req.retry_after_s = 2;
+    CU_ASSERT_EQUAL(echo_call(as.c, &req, NULL, a, &r, &e), ERR_RESOURCE_EXHAUSTED);
+    CU_ASSERT_EQUAL(e.retry_after_s, 2);
+    CU_ASSERT_STRING_EQUAL(e.msg, "RESOURCE_EXHAUSTED");
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "99", 0, 99, a, &r, &e), ERR_UNKNOWN);
+
+    echo_async_seen seen;
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.replies, 3);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
+static void test_async_continue(void)
+{
+    /* One worker: a continuation can only run on it (never on the thread calling rpc_continue). */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 1));
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+    echo_async_seen seen;
+
+    int64_t t0 = rpc_now_ms();
+    CU_ASSERT_EQUAL_FATAL(echo_text(as.c, ECHO_ASYNC_CONTINUE "one", 50, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT(rpc_now_ms() - t0 >= 45);
+    CU_ASSERT_STRING_EQUAL(r->text, ECHO_ASYNC_CONTINUE "one");
+    CU_ASSERT_EQUAL(strlen(r->request_id), 36);
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.continues, 1);
+    CU_ASSERT_EQUAL(seen.continuations, 1);
+    CU_ASSERT_EQUAL(seen.replies, 0);
+    CU_ASSERT(!seen.cont_on_replier);
+    CU_ASSERT(!pthread_equal(seen.continuation, seen.replier));
+    CU_ASSERT(pthread_equal(seen.continuation, seen.handler)); /* the sole worker */
+
+    /* The continuation returns RPC_PENDING again; the replier answers 30 ms later. */
+    t0 = rpc_now_ms();
+    CU_ASSERT_EQUAL_FATAL(echo_text(as.c, ECHO_ASYNC_CONTINUE_PENDING "two", 30, 0, a, &r, &e),
+                          ERR_OK);
+    CU_ASSERT(rpc_now_ms() - t0 >= 55);
+    CU_ASSERT_STRING_EQUAL(r->text, ECHO_ASYNC_CONTINUE_PENDING "two");
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.continues, 2);
+    CU_ASSERT_EQUAL(seen.continuations, 2);
+    CU_ASSERT_EQUAL(seen.pending, 3); /* two handlers, one continuation */
+    CU_ASSERT_EQUAL(seen.replies, 1);
+    CU_ASSERT(!seen.cont_on_replier);
+    CU_ASSERT(pthread_equal(seen.continuation, seen.handler));
+
+    /* A continuation's error reaches the client like a handler's. */
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = ECHO_ASYNC_CONTINUE "missing";
+    req.fail_code = ERR_NOT_FOUND;
+    req.fail_message = "no such echo";
+    CU_ASSERT_EQUAL(echo_call(as.c, &req, NULL, a, &r, &e), ERR_NOT_FOUND);
+    CU_ASSERT_STRING_EQUAL(e.msg, "no such echo");
+
+    /* Continuations of several pending calls in a row, with synchronous calls between. */
+    enum { NCONT = 6 };
+    async_result res[NCONT];
+    char texts[NCONT][40];
+    atomic_int finished = 0;
+    for (int i = 0; i < NCONT; i++) {
+        snprintf(texts[i], sizeof texts[i], "%s%d",
+                 i % 2 ? ECHO_ASYNC_CONTINUE_PENDING : ECHO_ASYNC_CONTINUE, i);
+        start_async_echo(as.c, &res[i], texts[i], 20 + 10 * i, 20000, &finished);
+    }
+    CU_ASSERT_EQUAL(echo_text(as.c, "between", 0, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT(wait_finished(&finished, NCONT, 10000));
+    for (int i = 0; i < NCONT; i++) {
+        CU_ASSERT_EQUAL(res[i].code, ERR_OK);
+        CU_ASSERT_STRING_EQUAL(res[i].text, texts[i]);
+        arena_free(res[i].a);
+    }
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.continuations, 3 + NCONT);
+    CU_ASSERT(!seen.cont_on_replier);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
+static void test_async_misuse(void)
+{
+    /* Bad answers through rpc_reply (and from a continuation) are checked like a synchronous
+     * handler's: INTERNAL, and the server keeps serving. */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+
+    /* rpc_reply(ctx, ERR_OK, NULL, NULL) */
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "null", 10, -1, a, &r, &e), ERR_INTERNAL);
+    CU_ASSERT(strstr(e.msg, "no response") != NULL);
+    /* rpc_reply(ctx, ERR_OK, <a NotEcho>, NULL) */
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "wrong", 10, -2, a, &r, &e), ERR_INTERNAL);
+    CU_ASSERT(strstr(e.msg, "test.v1.EchoResponse") != NULL);
+    /* rpc_reply(ctx, RPC_PENDING, ...) */
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "pending", 10, (int)RPC_PENDING, a, &r, &e),
+                    ERR_INTERNAL);
+    CU_ASSERT(strstr(e.msg, "RPC_PENDING") != NULL);
+    /* A continuation returning OK without a response, or the wrong type. */
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE "null", 10, -1, a, &r, &e), ERR_INTERNAL);
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE "wrong", 10, -2, a, &r, &e), ERR_INTERNAL);
+    CU_ASSERT(strstr(e.msg, "test.v1.EchoResponse") != NULL);
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE_PENDING "wrong", 10, -2, a, &r, &e),
+                    ERR_INTERNAL);
+
+    /* Still serving, both ways. */
+    CU_ASSERT_EQUAL_FATAL(echo_text(as.c, "alive", 0, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT_STRING_EQUAL(r->text, "alive");
+    CU_ASSERT_EQUAL_FATAL(echo_text(as.c, ECHO_ASYNC_REPLY "alive", 10, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT_STRING_EQUAL(r->text, ECHO_ASYNC_REPLY "alive");
+    /* Every bad answer was reported once, as INTERNAL. */
+    usleep(100 * 1000);
+    pthread_mutex_lock(&as.hooks.mu);
+    CU_ASSERT_EQUAL(as.hooks.n, 8);
+    int internal = 0;
+    for (int i = 0; i < as.hooks.n && i < 64; i++)
+        internal += as.hooks.codes[i] == ERR_INTERNAL;
+    pthread_mutex_unlock(&as.hooks.mu);
+    CU_ASSERT_EQUAL(internal, 6);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
+static void test_async_shutdown(void)
+{
+    /* Pending calls answered within the grace period: shutdown returns after their answers
+     * (a continuation posted during the shutdown still runs), the clients get them. */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+    CU_ASSERT_EQUAL(echo_text(as.c, "connect", 0, 0, a, &r, &e), ERR_OK);
+    async_result res[2];
+    atomic_int finished = 0;
+    start_async_echo(as.c, &res[0], ECHO_ASYNC_REPLY "late", 300, 10000, &finished);
+    start_async_echo(as.c, &res[1], ECHO_ASYNC_CONTINUE_PENDING "late", 150, 10000, &finished);
+    CU_ASSERT_FATAL(echo_replier_wait_pending(as.st.replier, 2, 5000));
+    int64_t t0 = rpc_now_ms();
+    rpc_server_shutdown(as.s, 2000);
+    int64_t took = rpc_now_ms() - t0;
+    /* Returned once both were answered (and their hooks ran), well before the grace ended. */
+    echo_async_seen seen;
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.replies, 2);
+    CU_ASSERT_EQUAL(seen.continuations, 1);
+    CU_ASSERT_EQUAL(hook_count(&as.hooks, NULL), 3);
+    CU_ASSERT(took >= 100 && took < 1900);
+    CU_ASSERT(wait_finished(&finished, 2, 5000));
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(res[i].code, ERR_OK);
+        CU_ASSERT(res[i].took_ms >= 250);
+        arena_free(res[i].a);
+    }
+    CU_ASSERT_STRING_EQUAL(res[0].text, ECHO_ASYNC_REPLY "late");
+    CU_ASSERT_STRING_EQUAL(res[1].text, ECHO_ASYNC_CONTINUE_PENDING "late");
+    async_srv_stop(&as);
+
+    /* Pending past the grace period: cancelled (the clients hear at once), but the shutdown
+     * waits for the answers, which still come (rpc_reply, and rpc_continue with its
+     * continuation) on the cancelled calls; nothing leaks (ASan). */
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    CU_ASSERT_EQUAL(echo_text(as.c, "connect", 0, 0, a, &r, &e), ERR_OK);
+    finished = 0;
+    start_async_echo(as.c, &res[0], ECHO_ASYNC_REPLY "too-late", 800, 10000, &finished);
+    start_async_echo(as.c, &res[1], ECHO_ASYNC_CONTINUE "too-late", 800, 10000, &finished);
+    CU_ASSERT_FATAL(echo_replier_wait_pending(as.st.replier, 2, 5000));
+    t0 = rpc_now_ms();
+    rpc_server_shutdown(as.s, 100);
+    took = rpc_now_ms() - t0;
+    CU_ASSERT(took >= 600 && took < 3000); /* waited for the answers */
+    CU_ASSERT(wait_finished(&finished, 2, 5000));
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT(res[i].code != ERR_OK);
+        CU_ASSERT(res[i].took_ms < 700); /* cancelled near 100 ms, not answered at 800 */
+        arena_free(res[i].a);
+    }
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT_EQUAL(seen.replies, 1);
+    CU_ASSERT_EQUAL(seen.continues, 1);
+    CU_ASSERT_EQUAL(seen.continuations, 1);
+    pthread_mutex_lock(&as.hooks.mu);
+    CU_ASSERT_EQUAL(as.hooks.n, 3);
+    if (as.hooks.n == 3) {
+        CU_ASSERT_EQUAL(as.hooks.codes[1], ERR_CANCELLED);
+        CU_ASSERT_EQUAL(as.hooks.codes[2], ERR_CANCELLED);
+    }
+    pthread_mutex_unlock(&as.hooks.mu);
+    async_srv_stop(&as);
+    arena_free(a);
+}
+
+/* Waits up to 2 s for the hook's count to reach n, then a little longer for any extra. */
+static int wait_hooks(hook_log *h, int n, err_code *last)
+{
+    int64_t until = rpc_now_ms() + 2000;
+    while (hook_count(h, NULL) < n && rpc_now_ms() < until)
+        usleep(5 * 1000);
+    usleep(30 * 1000);
+    return hook_count(h, last);
+}
+
+static void test_async_on_call_done(void)
+{
+    /* on_call_done fires once per asynchronous call, when its answer has gone, with its code. */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+    err_code last = (err_code)-1;
+
+    /* Not while pending. */
+    async_result res;
+    atomic_int finished = 0;
+    start_async_echo(as.c, &res, ECHO_ASYNC_REPLY "slow", 400, 10000, &finished);
+    CU_ASSERT_FATAL(echo_replier_wait_pending(as.st.replier, 1, 5000));
+    usleep(100 * 1000);
+    CU_ASSERT_EQUAL(hook_count(&as.hooks, NULL), 0);
+    CU_ASSERT(wait_finished(&finished, 1, 5000));
+    CU_ASSERT_EQUAL(res.code, ERR_OK);
+    arena_free(res.a);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 1, &last), 1);
+    CU_ASSERT_EQUAL(last, ERR_OK);
+
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "e", 10, ERR_PERMISSION_DENIED, a, &r, &e),
+                    ERR_PERMISSION_DENIED);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 2, &last), 2);
+    CU_ASSERT_EQUAL(last, ERR_PERMISSION_DENIED);
+
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE "ok", 10, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 3, &last), 3);
+    CU_ASSERT_EQUAL(last, ERR_OK);
+
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE_PENDING "ok", 10, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 4, &last), 4);
+    CU_ASSERT_EQUAL(last, ERR_OK);
+
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_CONTINUE "nf", 10, ERR_NOT_FOUND, a, &r, &e),
+                    ERR_NOT_FOUND);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 5, &last), 5);
+    CU_ASSERT_EQUAL(last, ERR_NOT_FOUND);
+
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_ASYNC_REPLY "null", 10, -1, a, &r, &e), ERR_INTERNAL);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 6, &last), 6);
+    CU_ASSERT_EQUAL(last, ERR_INTERNAL);
+
+    /* The client gives up (deadline) while the call is pending: the hook fires once the answer
+     * came (on the dead call), with the code the client saw. */
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = ECHO_ASYNC_REPLY "expired";
+    req.sleep_ms = 400;
+    int64_t t0 = rpc_now_ms();
+    rpc_call_opts o = {.deadline_ms = t0 + 100};
+    CU_ASSERT_EQUAL(echo_call(as.c, &req, &o, a, &r, &e), ERR_DEADLINE_EXCEEDED);
+    CU_ASSERT(rpc_now_ms() - t0 < 350);
+    CU_ASSERT_EQUAL(hook_count(&as.hooks, NULL), 6);
+    CU_ASSERT_EQUAL(wait_hooks(&as.hooks, 7, &last), 7);
+    CU_ASSERT_EQUAL(last, ERR_DEADLINE_EXCEEDED);
+
+    usleep(100 * 1000);
+    CU_ASSERT_EQUAL(hook_count(&as.hooks, NULL), 7);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
 static void test_on_call_done_hook(void)
 {
     int before = atomic_load(&done_calls);
@@ -736,6 +1229,12 @@ int main(void)
         {"shutdown_in_flight", test_shutdown_in_flight},
         {"shutdown_grace_over", test_shutdown_grace_over},
         {"on_call_done_hook", test_on_call_done_hook},
+        {"async_reply", test_async_reply},
+        {"async_reply_error", test_async_reply_error},
+        {"async_continue", test_async_continue},
+        {"async_misuse", test_async_misuse},
+        {"async_shutdown", test_async_shutdown},
+        {"async_on_call_done", test_async_on_call_done},
         {NULL, NULL},
     };
     int rc = ts_main("rpc", cases);
