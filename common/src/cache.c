@@ -195,6 +195,20 @@ void cache_stats_get(cache *c, cache_stats *out)
     out->errors = atomic_load(&c->errors);
 }
 
+void cache_count_get(cache *c, const cache_reply *r)
+{
+    switch (cache_reply_kind(r)) {
+    case CACHE_REPLY_STRING:
+        atomic_fetch_add(&c->hits, 1);
+        break;
+    case CACHE_REPLY_NIL:
+        atomic_fetch_add(&c->misses, 1);
+        break;
+    default:
+        atomic_fetch_add(&c->errors, 1);
+    }
+}
+
 static cache_tls *cache_tls_get(cache *c)
 {
     cache_tls *t = pthread_getspecific(c->key);

@@ -295,6 +295,7 @@ typedef enum tag_kind {
     TAG_CALL_DONE,
     TAG_GENERIC_NEW,
     TAG_GENERIC_DONE,
+    TAG_CALL_CONTINUE, /* rpc_continue: run c->cont on a worker thread */
     TAG_SHUTDOWN
 } tag_kind;
 
@@ -314,6 +315,8 @@ typedef struct srv_call {
     grpc_byte_buffer *payload;
     grpc_call_details details; /* unknown methods only */
     rpc_ctx ctx;
+    const ProtobufCMessage *req; /* the unpacked request (ctx->arena), for rpc_continue */
+    rpc_handler cont;            /* what TAG_CALL_CONTINUE runs */
     int64_t start_ns;
     int cancelled;
     err_code code;
@@ -496,10 +499,15 @@ static void read_metadata(srv_call *c)
     ctx->log.span_id = ctx->span_id;
 }
 
+static srv_call *call_of(rpc_ctx *ctx)
+{
+    return (srv_call *)(void *)((char *)ctx - offsetof(srv_call, ctx));
+}
+
 static err_code health_check(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage **resp,
                              err_info *e)
 {
-    srv_call *c = (srv_call *)(void *)((char *)ctx - offsetof(srv_call, ctx));
+    srv_call *c = call_of(ctx);
     rpc_server *s = c->s;
     const Grpc__Health__V1__HealthCheckRequest *r =
         (const Grpc__Health__V1__HealthCheckRequest *)req;
@@ -519,7 +527,33 @@ grpc_call *rpc_ctx_grpc_call(const rpc_ctx *ctx)
     return ctx ? (grpc_call *)ctx->call : NULL;
 }
 
-/* Runs the handler (or the refusal) and fills code/e/response. */
+/* A handler's result as a status: RPC_PENDING passes through, anything else is checked (a
+ * known code; a response of the method's type on success). */
+static err_code check_result(srv_call *c, int raw, ProtobufCMessage **resp, err_info *e)
+{
+    if (raw == (int)RPC_PENDING)
+        return RPC_PENDING;
+    srv_method *m = c->method;
+    err_code rc = rpc_code_from_int(raw);
+    if (rc != ERR_OK) {
+        *resp = NULL;
+        if (raw != (int)rc) {
+            e->code = rc;
+            snprintf(e->msg, sizeof e->msg, "handler returned invalid status %d", raw);
+        }
+        return rc;
+    }
+    if (!*resp)
+        return err_set(e, ERR_INTERNAL, "handler returned no response");
+    if ((*resp)->descriptor != m->m.resp) {
+        const char *got = (*resp)->descriptor ? (*resp)->descriptor->name : "?";
+        *resp = NULL;
+        return err_set(e, ERR_INTERNAL, "handler returned a %s, want a %s", got, m->m.resp->name);
+    }
+    return ERR_OK;
+}
+
+/* Runs the handler (or the refusal) and fills code/e/response; RPC_PENDING = answered later. */
 static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
 {
     rpc_server *s = c->s;
@@ -550,26 +584,11 @@ static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
     c->payload = NULL;
     if (!req)
         return err_set(e, ERR_INVALID_ARGUMENT, "malformed request message (%s)", m->m.req->name);
+    c->req = req;
 
     *resp = NULL;
     int raw = (int)m->m.handler(ctx, req, resp, e);
-    err_code rc = rpc_code_from_int(raw);
-    if (rc != ERR_OK) {
-        *resp = NULL;
-        if (raw != (int)rc) {
-            e->code = rc;
-            snprintf(e->msg, sizeof e->msg, "handler returned invalid status %d", raw);
-        }
-        return rc;
-    }
-    if (!*resp)
-        return err_set(e, ERR_INTERNAL, "handler returned no response");
-    if ((*resp)->descriptor != m->m.resp) {
-        const char *got = (*resp)->descriptor ? (*resp)->descriptor->name : "?";
-        *resp = NULL;
-        return err_set(e, ERR_INTERNAL, "handler returned a %s, want a %s", got, m->m.resp->name);
-    }
-    return ERR_OK;
+    return check_result(c, raw, resp, e);
 }
 
 static void log_call(srv_call *c, const char *method, double secs)
@@ -595,28 +614,14 @@ static void log_call(srv_call *c, const char *method, double secs)
     log_emit(lvl, c->ctx.arena ? &c->ctx.log : NULL, kv, "rpc");
 }
 
-/* A registered call arrived: re-post, run the handler, send everything in one batch. */
-static void on_call_new(srv_call *c)
+/* Sends the whole answer (initial metadata, message or status with details) in one batch; the
+ * call is freed when that batch completes (TAG_CALL_DONE). */
+static void send_reply(srv_call *c, err_code rc, ProtobufCMessage *resp, err_info *ep)
 {
-    rpc_server *s = c->s;
-    if (!atomic_load(&s->shutting_down))
-        post_method(s, c->method);
-
-    c->start_ns = now_ns();
-    c->kind = TAG_CALL_DONE;
     rpc_ctx *ctx = &c->ctx;
-    ctx->arena = arena_new(0);
-    ctx->method = c->method->m.name;
-    ctx->call = c->call;
-    ctx->state = s->state;
-    read_metadata(c);
-    ctx->deadline_ms = rpc_deadline_to_ms(c->deadline);
-
-    err_info e;
-    err_clear(&e);
-    ProtobufCMessage *resp = NULL;
-    err_code rc = dispatch(c, &e, &resp);
+    err_info e = *ep;
     c->code = rc;
+    c->kind = TAG_CALL_DONE;
 
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
@@ -669,6 +674,71 @@ static void on_call_new(srv_call *c)
         c->code = ERR_INTERNAL;
         call_free(c);
     }
+}
+
+/* A registered call arrived: re-post, run the handler, send everything in one batch. */
+static void on_call_new(srv_call *c)
+{
+    rpc_server *s = c->s;
+    if (!atomic_load(&s->shutting_down))
+        post_method(s, c->method);
+
+    c->start_ns = now_ns();
+    c->kind = TAG_CALL_DONE;
+    rpc_ctx *ctx = &c->ctx;
+    ctx->arena = arena_new(0);
+    ctx->method = c->method->m.name;
+    ctx->call = c->call;
+    ctx->state = s->state;
+    read_metadata(c);
+    ctx->deadline_ms = rpc_deadline_to_ms(c->deadline);
+
+    err_info e;
+    err_clear(&e);
+    ProtobufCMessage *resp = NULL;
+    err_code rc = dispatch(c, &e, &resp);
+    if (rc != RPC_PENDING)
+        send_reply(c, rc, resp, &e);
+}
+
+void rpc_reply(rpc_ctx *ctx, err_code code, ProtobufCMessage *resp, const err_info *e)
+{
+    srv_call *c = call_of(ctx);
+    err_info ce;
+    err_clear(&ce);
+    if (e && code != ERR_OK)
+        ce = *e;
+    err_code rc = check_result(c, (int)code, &resp, &ce);
+    if (rc == RPC_PENDING) /* not an answer: a bug in the caller; never leave the call hanging */
+        rc = err_set(&ce, ERR_INTERNAL, "rpc_reply with RPC_PENDING");
+    send_reply(c, rc, resp, &ce);
+}
+
+void rpc_continue(rpc_ctx *ctx, rpc_handler fn)
+{
+    srv_call *c = call_of(ctx);
+    c->cont = fn;
+    c->kind = TAG_CALL_CONTINUE;
+    /* A batch of no operations completes at once on the call's queue: a worker picks it up. */
+    grpc_call_error r = grpc_call_start_batch(c->call, NULL, 0, c, NULL);
+    if (r != GRPC_CALL_OK) {
+        err_info e;
+        err_clear(&e);
+        err_set(&e, ERR_INTERNAL, "rpc_continue: start_batch failed (%d)", (int)r);
+        send_reply(c, ERR_INTERNAL, NULL, &e);
+    }
+}
+
+/* TAG_CALL_CONTINUE on a worker: the handler's blocking part. */
+static void on_call_continue(srv_call *c)
+{
+    err_info e;
+    err_clear(&e);
+    ProtobufCMessage *resp = NULL;
+    int raw = (int)c->cont(&c->ctx, c->req, &resp, &e);
+    err_code rc = check_result(c, raw, &resp, &e);
+    if (rc != RPC_PENDING)
+        send_reply(c, rc, resp, &e);
 }
 
 static void on_call_done(srv_call *c)
@@ -767,6 +837,9 @@ static void *worker(void *arg)
             break;
         case TAG_CALL_DONE:
             on_call_done(c);
+            break;
+        case TAG_CALL_CONTINUE:
+            on_call_continue(c);
             break;
         case TAG_GENERIC_DONE:
             on_generic_done(c);

@@ -76,12 +76,44 @@ static err_code h_create(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     return ERR_OK;
 }
 
+/* GetUser after a cache miss, on a worker thread: the database. */
+static err_code h_get_db(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
+                         err_info *e)
+{
+    const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
+    char id[USER_ID_LEN + 1];
+    if (!user_valid_uuid(req->id, id))
+        return err_violation_add(e, "id", "must be a UUID");
+    user_call call = call_of(ctx);
+    user_rec u;
+    err_code rc = user_service_load(svc_of(ctx), &call, ctx->arena, id, &u, e);
+    if (rc)
+        return done(ctx, rc, e);
+    *resp = &user_rec_to_pb(ctx->arena, &u)->base;
+    return ERR_OK;
+}
+
+/* On the cache thread: a hit is answered from here, a miss goes to a worker. */
+static void on_cached_user(void *arg, err_code rc, const user_rec *u)
+{
+    rpc_ctx *ctx = arg;
+    if (rc == ERR_OK)
+        rpc_reply(ctx, ERR_OK, &user_rec_to_pb(ctx->arena, u)->base, NULL);
+    else
+        rpc_continue(ctx, h_get_db);
+}
+
+/* The hottest read (every GET /v1/users/me): the cache read is asynchronous, so concurrent calls
+ * share Redis round trips and a call waiting for Redis holds no RPC thread. */
 static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp, err_info *e)
 {
     const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
     char id[USER_ID_LEN + 1];
     if (!user_valid_uuid(req->id, id))
         return err_violation_add(e, "id", "must be a UUID");
+    user_app *app = ctx->state;
+    if (user_store_get_async(app->store, ctx->arena, id, &ctx->log, on_cached_user, ctx))
+        return RPC_PENDING;
     user_call call = call_of(ctx);
     user_rec u;
     err_code rc = user_service_get(svc_of(ctx), &call, ctx->arena, id, &u, e);

@@ -96,6 +96,12 @@ err_code user_service_get(user_service *s, const user_call *call, arena *a, cons
 {
     if (s->store && user_store_get(s->store, a, id, out, call->log) == ERR_OK)
         return ERR_OK;
+    return user_service_load(s, call, a, id, out, e);
+}
+
+err_code user_service_load(user_service *s, const user_call *call, arena *a, const char *id,
+                           user_rec *out, err_info *e)
+{
     db_conn *c;
     err_code rc = acquire(s, call, &c, e);
     if (rc)

@@ -65,6 +65,10 @@ err_code user_service_create(user_service *s, const user_call *call, arena *a, c
                              const char *display_name, user_rec *out, err_info *e);
 err_code user_service_get(user_service *s, const user_call *call, arena *a, const char *id,
                           user_rec *out, err_info *e);
+/* user_service_get after the cache missed (read asynchronously by the caller): the database read,
+ * then the cache refill. */
+err_code user_service_load(user_service *s, const user_call *call, arena *a, const char *id,
+                           user_rec *out, err_info *e);
 err_code user_service_get_by_email(user_service *s, const user_call *call, arena *a,
                                    const char *email, user_rec *out, err_info *e);
 err_code user_service_batch_get(user_service *s, const user_call *call, arena *a,

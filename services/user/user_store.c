@@ -1,4 +1,5 @@
-/* user_store: cache-aside for users in Redis through common/cache. */
+/* user_store: cache-aside for users in Redis through common/cache; reads on the RPC path go
+ * through common/cache_mux, so concurrent GetUser calls share round trips and hold no thread. */
 #include "user_store.h"
 
 #include <stdatomic.h>
@@ -8,6 +9,7 @@
 
 struct user_store {
     cache *c;
+    cache_mux *mux; /* NULL = no asynchronous reads (no cache, or its thread did not start) */
     int ttl_s;
     atomic_uint_least64_t hits, misses, errors;
 };
@@ -17,11 +19,21 @@ user_store *user_store_new(cache *c, int ttl_s)
     user_store *s = xcalloc(1, sizeof *s);
     s->c = c;
     s->ttl_s = ttl_s;
+    if (c) {
+        err_info e;
+        err_clear(&e);
+        s->mux = cache_mux_new(c, &e);
+        if (!s->mux)
+            log_warn(NULL, "user cache: no asynchronous reads (%s); reads block a thread", e.msg);
+    }
     return s;
 }
 
 void user_store_free(user_store *s)
 {
+    if (!s)
+        return;
+    cache_mux_free(s->mux); /* answers the reads still queued */
     free(s);
 }
 
@@ -34,6 +46,23 @@ static void count_error(user_store *s, const char *op, const err_info *e, const 
 {
     atomic_fetch_add(&s->errors, 1);
     log_warn(lc, "user cache %s failed (the call goes on without the cache): %s", op, e->msg);
+}
+
+/* A cached value → *out: ERR_NOT_FOUND (counted as a miss) for a foreign or corrupt entry. */
+static err_code decode(user_store *s, arena *a, const char *id, const char *val, size_t len,
+                       user_rec *out, const log_ctx *lc)
+{
+    ProtobufCAllocator al;
+    arena_pb_allocator(a, &al);
+    User__V1__User *pb = user__v1__user__unpack(&al, len, (const uint8_t *)val);
+    if (!pb || !user_rec_from_pb(a, pb, out) || out->delete_us || strcmp(out->id, id) != 0) {
+        /* The refill overwrites it. */
+        atomic_fetch_add(&s->misses, 1);
+        log_warn(lc, "user cache entry user:%s unusable; ignored", id);
+        return ERR_NOT_FOUND;
+    }
+    atomic_fetch_add(&s->hits, 1);
+    return ERR_OK;
 }
 
 err_code user_store_get(user_store *s, arena *a, const char *id, user_rec *out, const log_ctx *lc)
@@ -55,18 +84,64 @@ err_code user_store_get(user_store *s, arena *a, const char *id, user_rec *out, 
         count_error(s, "get", &e, lc);
         return ERR_NOT_FOUND;
     }
-    ProtobufCAllocator al;
-    arena_pb_allocator(a, &al);
-    User__V1__User *pb = user__v1__user__unpack(&al, len, (const uint8_t *)val);
+    rc = decode(s, a, id, val, len, out, lc);
     free(val);
-    if (!pb || !user_rec_from_pb(a, pb, out) || out->delete_us || strcmp(out->id, id) != 0) {
-        /* A foreign or corrupt entry: treat as a miss; the refill overwrites it. */
-        atomic_fetch_add(&s->misses, 1);
-        log_warn(lc, "user cache entry %s unusable; ignored", key);
-        return ERR_NOT_FOUND;
+    return rc;
+}
+
+typedef struct async_get {
+    user_store *s;
+    arena *a;
+    const log_ctx *lc;
+    user_store_get_cb cb;
+    void *arg;
+    char key[64], id[USER_ID_LEN + 1];
+    const char *argv[2];
+} async_get;
+
+static void on_get(void *arg, cache_reply **r, const err_info *e)
+{
+    async_get *g = arg;
+    user_rec u;
+    err_code rc = ERR_NOT_FOUND;
+    if (e->code != ERR_OK) {
+        count_error(g->s, "get", e, g->lc);
+        g->cb(g->arg, rc, NULL);
+        return;
     }
-    atomic_fetch_add(&s->hits, 1);
-    return ERR_OK;
+    cache_count_get(g->s->c, r[0]);
+    if (cache_reply_kind(r[0]) == CACHE_REPLY_STRING) {
+        size_t len = 0;
+        const char *val = cache_reply_str(r[0], &len);
+        rc = decode(g->s, g->a, g->id, val, len, &u, g->lc);
+    } else if (cache_reply_kind(r[0]) == CACHE_REPLY_NIL) {
+        atomic_fetch_add(&g->s->misses, 1);
+    } else {
+        err_info ge;
+        err_clear(&ge);
+        size_t n = 0;
+        const char *msg = cache_reply_str(r[0], &n);
+        err_set(&ge, ERR_INTERNAL, "GET: %s", msg ? msg : "unexpected reply");
+        count_error(g->s, "get", &ge, g->lc);
+    }
+    g->cb(g->arg, rc, rc == ERR_OK ? &u : NULL);
+}
+
+bool user_store_get_async(user_store *s, arena *a, const char *id, const log_ctx *lc,
+                          user_store_get_cb cb, void *arg)
+{
+    if (!s->mux || strlen(id) > USER_ID_LEN)
+        return false;
+    async_get *g = arena_alloc(a, sizeof *g);
+    *g = (async_get){.s = s, .a = a, .lc = lc, .cb = cb, .arg = arg};
+    snprintf(g->id, sizeof g->id, "%s", id);
+    key_of(g->id, g->key, sizeof g->key);
+    g->argv[0] = "GET";
+    g->argv[1] = g->key;
+    cache_mux_cmd cmd = {2, g->argv, NULL};
+    err_info e;
+    err_clear(&e);
+    return cache_mux_submit(s->mux, 1, &cmd, on_get, g, &e) == ERR_OK;
 }
 
 void user_store_put(user_store *s, const user_rec *u, const log_ctx *lc)

@@ -35,6 +35,9 @@ typedef enum cache_reply_type {
 cache *cache_new(const cache_opts *opts, err_info *e);
 void cache_free(cache *c);
 void cache_stats_get(cache *c, cache_stats *out);
+/* Counts the reply of a GET sent another way (cache_pipeline, cache_mux) as cache_get would: a
+ * string is a hit, nil a miss, anything else an error. Transport failures are counted already. */
+void cache_count_get(cache *c, const cache_reply *r);
 
 /* GET key. ERR_NOT_FOUND on a miss (counted), ERR_UNAVAILABLE when Redis cannot be reached or
  * times out (counted as an error). *val is malloc'ed, NUL-terminated; caller frees. */

@@ -38,9 +38,21 @@ typedef struct rpc_ctx {
 } rpc_ctx;
 
 /* Returns ERR_OK and sets *resp (allocated in ctx->arena, or static), or an error with e filled
- * (message, optional violations, retry_after_s). The dispatcher frees nothing of the response. */
+ * (message, optional violations, retry_after_s). The dispatcher frees nothing of the response.
+ * Or returns RPC_PENDING: the handler keeps ctx and req (they live until the answer) and answers
+ * later, exactly once, with rpc_reply from any thread, or hands its blocking part to a worker
+ * with rpc_continue. A pending call holds no thread. */
 typedef err_code (*rpc_handler)(rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage **resp,
                                 err_info *e);
+
+#define RPC_PENDING ((err_code)1000)
+
+/* The answer of a pending call (any thread; e may be NULL on success). */
+void rpc_reply(rpc_ctx *ctx, err_code code, ProtobufCMessage *resp, const err_info *e);
+/* Runs fn(ctx, req, ...) on a worker thread as a normal handler (it may return RPC_PENDING
+ * again): for the part of an asynchronous handler that blocks (e.g. a database query after a
+ * cache miss answered on the cache thread). */
+void rpc_continue(rpc_ctx *ctx, rpc_handler fn);
 
 typedef struct rpc_method {
     const char *name; /* full name "/pkg.Service/Method" */

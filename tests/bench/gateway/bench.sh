@@ -68,9 +68,10 @@ run() { # name url script [env...]
   for _ in $(seq 1 "$REPEAT"); do
     echo "-- $name: wrk -t1 -c$CONNS -d$D --latency ${script:+-s $(basename "$script")} $url"
     cpu_snap >"$W/cpu.before"
-    env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" >"$W/wrk.out"
+    env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" >"$W/wrk.out" 2>&1 \
+      || { echo "   wrk failed:"; tail -3 "$W/wrk.out"; tail -5 "$W/stack.log"; continue; }
     cpu_snap >"$W/cpu.after"
-    grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors" "$W/wrk.out"
+    grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors" "$W/wrk.out" || true
     cpu_report "$(awk '/Requests\/sec/{print $2}' "$W/wrk.out")"
   done
 }
