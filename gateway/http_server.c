@@ -928,6 +928,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **sock_ct
 static void *reaper_main(void *arg)
 {
     http_server *s = arg;
+    pthread_setname_np(pthread_self(), "gw-reaper"); /* top -H, perf, gdb */
     int64_t limit = (int64_t)s->d.cfg->header_timeout_sec * 1000;
     while (!atomic_load(&s->stop)) {
         usleep(200000);

@@ -120,6 +120,7 @@ bool upstream_refresh_keys_now(upstream *u, authn *an)
 static void *refresher(void *arg)
 {
     upstream *u = arg;
+    pthread_setname_np(pthread_self(), "jwks-refresh"); /* top -H, perf, gdb */
     bool loaded = false;
     for (;;) {
         err_info e;

@@ -76,6 +76,7 @@ static void mux_run_batch(cache_mux *m, mux_job **batch, int njobs)
 static void *mux_main(void *arg)
 {
     cache_mux *m = arg;
+    pthread_setname_np(pthread_self(), "cache-mux"); /* top -H, perf, gdb */
     mux_job *batch[CACHE_MUX_MAX_BATCH];
     for (;;) {
         pthread_mutex_lock(&m->mu);

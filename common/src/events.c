@@ -263,6 +263,7 @@ static int read_batch(events_consumer *c, const char *id)
 static void *events_main(void *arg)
 {
     events_consumer *c = arg;
+    pthread_setname_np(pthread_self(), "events"); /* top -H, perf, gdb */
     bool group = false, own_pending = true;
     int64_t next_claim = 0;
     int backoff = EVENTS_BACKOFF_MIN_MS;

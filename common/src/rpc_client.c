@@ -327,7 +327,7 @@ rpc_client *rpc_client_new_ext(const rpc_client_opts *opts, const rpc_client_ext
                 opts && opts->target ? opts->target : "");
         return NULL;
     }
-    grpc_init();
+    rpc_grpc_init();
     rpc_client *c = xcalloc(1, sizeof *c);
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->qmu, NULL);
@@ -856,6 +856,7 @@ static void retry_queue_run(rpc_client *c)
 static void *async_thread(void *arg)
 {
     rpc_client *c = arg;
+    pthread_setname_np(pthread_self(), "rpc-async"); /* top -H, perf, gdb */
     for (;;) {
         gpr_timespec until = c->retry_head ? rpc_ms_to_deadline(c->retry_head->due_ms)
                                            : gpr_inf_future(GPR_CLOCK_REALTIME);

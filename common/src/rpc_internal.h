@@ -17,6 +17,9 @@
 #define RPC_MD_STATUS_DETAILS "grpc-status-details-bin"
 #define RPC_REQUEST_ID_MAX 128
 
+/* grpc_init, with abseil's debug-only mutex deadlock detection off (Debian builds it on). */
+void rpc_grpc_init(void);
+
 /* Fills out with n pseudo-random bytes from a per-thread generator seeded by getrandom(2): ids
  * must be unique, not secret, and a syscall per call would cost more than the call. */
 void rpc_rand_bytes(void *out, size_t n);

@@ -27,6 +27,19 @@ cleanup() {
   if [ -n "${KEEP_LOGS:-}" ]; then echo "== logs in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
+# wrk drives the load; nginx is the HTTP ceiling. Installed when missing (Debian, as root).
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+[ -n "${SKIP_NGINX:-}" ] || command -v nginx >/dev/null || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+  # The package's own nginx service is not ours to run.
+  if [[ " ${need[*]} " == *" nginx-light "* ]]; then
+    systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
+  fi
+fi
 for b in gateway auth-service user-service permission-service; do
   [ -x "$BUILD/bin/$b" ] || { echo "missing $BUILD/bin/$b (cmake -B $BUILD -DCMAKE_BUILD_TYPE=Release && cmake --build $BUILD --target $b)" >&2; exit 1; }
 done
