@@ -7,6 +7,7 @@
 #include "http_server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -35,6 +36,10 @@ typedef struct conn_track {
     int fd;
     int64_t start_ms;
     atomic_bool got_headers;
+    /* While a request waits on a service (suspended, so MHD does not watch the socket): its
+     * cancel handle, fired by the reaper when the client hung up. Guarded by ct_mu. */
+    rpc_cancel *waiting;
+    int64_t waiting_since;
 } conn_track;
 
 struct http_server {
@@ -45,6 +50,7 @@ struct http_server {
     bool reaper_started;
     atomic_bool stop;
     atomic_int slow_cut;
+    atomic_int client_gone; /* service calls cancelled because the client hung up */
     struct MHD_Daemon *mhd;
     int port;
     atomic_bool draining;
@@ -56,6 +62,25 @@ struct http_server {
 };
 
 typedef enum stage { ST_BODY, ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
+/* The reaper watches a suspended request's socket for the client hanging up (ct_mu held). */
+static conn_track *track_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void track_waiting(http_server *s, struct MHD_Connection *conn, rpc_cancel *c)
+{
+    conn_track *ct = track_of(conn);
+    if (!ct)
+        return;
+    pthread_mutex_lock(&s->ct_mu);
+    ct->waiting = c;
+    ct->waiting_since = rpc_now_ms();
+    pthread_mutex_unlock(&s->ct_mu);
+}
+
 /* Where a suspended request is (ST_ASYNC): which step's completion comes next. */
 typedef enum phase { PH_REDIS, PH_CHECK, PH_RPC } phase;
 
@@ -98,6 +123,7 @@ typedef struct req {
     int fail_status;
     err_info fail;
     /* result of the asynchronous call(s) */
+    rpc_cancel cancel; /* fired when the client leaves first: the service stops working for it */
     atomic_int pending;
     routes_svc call_svc;
     err_code rc;
@@ -120,6 +146,7 @@ static void req_unref(req *q)
     for (int i = 0; i < READY_CHECKS; i++)
         arena_free(q->ready_arena[i]);
     free(q->body);
+    rpc_cancel_destroy(&q->cancel);
     pthread_mutex_destroy(&q->mu);
     arena_free(q->a);
     free(q);
@@ -275,7 +302,7 @@ static void start_call(req *q, routes_svc svc, const char *method, const Protobu
 {
     rpc_metadata *md = arena_alloc(q->a, sizeof *md);
     fill_md(q, md);
-    rpc_call_opts o = {NULL, md, q->deadline_ms};
+    rpc_call_opts o = {.md = md, .deadline_ms = q->deadline_ms, .cancel = &q->cancel};
     q->ph = ph;
     q->call_svc = svc;
     atomic_fetch_add(&q->refs, 1);
@@ -556,6 +583,7 @@ static enum MHD_Result process(req *q)
     }
     q->st = ST_ASYNC;
     q->ph = PH_REDIS;
+    track_waiting(q->s, q->conn, &q->cancel);
     MHD_suspend_connection(q->conn);
     atomic_fetch_add(&q->refs, 1);
     err_info e;
@@ -574,6 +602,7 @@ static enum MHD_Result process(req *q)
 /* The MHD thread again, after the last asynchronous step resumed the connection. */
 static enum MHD_Result answer_async(req *q)
 {
+    track_waiting(q->s, q->conn, NULL);
     if (q->failed) {
         if (q->fail_upstream)
             return send_upstream_error(q, &q->fail);
@@ -701,7 +730,7 @@ static void start_ready(req *q)
         ra->i = i;
         rpc_metadata *md = arena_alloc(q->a, sizeof *md);
         fill_md(q, md);
-        rpc_call_opts o = {NULL, md, dl};
+        rpc_call_opts o = {.md = md, .deadline_ms = dl};
         atomic_fetch_add(&q->refs, 1);
         err_info e;
         err_clear(&e);
@@ -800,6 +829,7 @@ static req *req_new(http_server *s, struct MHD_Connection *conn, const char *url
     q->conn = conn;
     q->a = arena_new(0);
     pthread_mutex_init(&q->mu, NULL);
+    rpc_cancel_init(&q->cancel);
     atomic_store(&q->refs, 1);
     atomic_fetch_add(&s->refs, 1);
     q->start_ms = rpc_now_ms();
@@ -941,6 +971,19 @@ static void *reaper_main(void *arg)
                 atomic_store(&ct->got_headers, true);
                 atomic_fetch_add(&s->slow_cut, 1);
             }
+            /* A suspended socket is MHD's to read but it is not watching: a peek that finds
+             * end-of-file (or a reset) means the client left; cancel the service call so the
+             * service stops working for nobody (e.g. auth drops the queued password hash). */
+            if (ct->waiting && now - ct->waiting_since >= 200 && ct->fd >= 0) {
+                char b;
+                ssize_t n = recv(ct->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (n == 0 ||
+                    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                    rpc_cancel_fire(ct->waiting);
+                    ct->waiting = NULL;
+                    atomic_fetch_add(&s->client_gone, 1);
+                }
+            }
         }
         pthread_mutex_unlock(&s->ct_mu);
     }
@@ -1016,6 +1059,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_lock(&q->mu);
     q->completed = true;
     pthread_mutex_unlock(&q->mu);
+    /* Ended without an answer (client gone, timeout, shutdown): a call still in flight is
+     * cancelled, so the service drops work nobody waits for (auth's queued password hashes). */
+    track_waiting(s, conn, NULL);
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        rpc_cancel_fire(&q->cancel);
 
     double dur = (double)(rpc_now_ms() - q->start_ms) / 1000.0;
     int status = q->status ? q->status : 499;

@@ -86,7 +86,7 @@ err_code upstream_fetch_jwks(upstream *u, authn *an, int timeout_ms, err_info *e
     arena *a = arena_new(0);
     Auth__V1__GetJwksRequest req = AUTH__V1__GET_JWKS_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
-    rpc_call_opts o = {NULL, NULL, rpc_now_ms() + timeout_ms};
+    rpc_call_opts o = {.deadline_ms = rpc_now_ms() + timeout_ms};
     err_code rc = rpc_client_call(u->c[SVC_AUTH], "/auth.v1.AuthService/GetJwks", &req.base,
                                   &auth__v1__jwks__descriptor, &o, a, &resp, e);
     if (rc == ERR_OK) {

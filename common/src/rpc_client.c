@@ -92,6 +92,7 @@ struct call_state {
     int64_t deadline_ms; /* absolute, margin already taken off */
     bool idempotent;
     bool bypass_breaker; /* RPC_CALL_BYPASS_BREAKER: neither asked nor taught */
+    rpc_cancel *cancel;  /* the caller's, or NULL */
     int attempts;        /* made so far */
     /* async only */
     rpc_client *c;
@@ -586,7 +587,63 @@ static int retry_delay(rpc_client *c, const call_state *st, err_code rc, const e
 
 /* Breaker permit, then the call and its one batch on cq (tag st). On ERR_OK the caller must end
  * the attempt with attempt_end once the batch completes. */
+void rpc_cancel_init(rpc_cancel *t)
+{
+    pthread_mutex_init(&t->mu, NULL);
+    t->call = NULL;
+    t->cancelled = false;
+}
+
+void rpc_cancel_destroy(rpc_cancel *t)
+{
+    pthread_mutex_destroy(&t->mu);
+}
+
+void rpc_cancel_fire(rpc_cancel *t)
+{
+    pthread_mutex_lock(&t->mu);
+    t->cancelled = true;
+    /* Under the lock: the attempt cannot be released meanwhile (attempt_detach takes it). */
+    if (t->call)
+        grpc_call_cancel((grpc_call *)t->call, NULL);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* The attempt is over: the caller's cancel handle forgets it before it is released. */
+static void attempt_detach(call_state *st)
+{
+    if (!st->cancel)
+        return;
+    pthread_mutex_lock(&st->cancel->mu);
+    if (st->cancel->call == st->call)
+        st->cancel->call = NULL;
+    pthread_mutex_unlock(&st->cancel->mu);
+}
+
+static err_code attempt_start_locked(rpc_client *c, call_state *st, grpc_completion_queue *cq,
+                                     err_info *e);
+
+/* Starts one attempt; with a cancel handle, a cancelled caller gets CANCELLED at once and a
+ * cancel that arrives later finds the attempt. */
 static err_code attempt_start(rpc_client *c, call_state *st, grpc_completion_queue *cq, err_info *e)
+{
+    if (!st->cancel)
+        return attempt_start_locked(c, st, cq, e);
+    pthread_mutex_lock(&st->cancel->mu);
+    err_code rc;
+    if (st->cancel->cancelled) {
+        rc = err_set(e, ERR_CANCELLED, "%s %s: cancelled by the caller", c->name, st->method);
+    } else {
+        rc = attempt_start_locked(c, st, cq, e);
+        if (rc == ERR_OK)
+            st->cancel->call = st->call;
+    }
+    pthread_mutex_unlock(&st->cancel->mu);
+    return rc;
+}
+
+static err_code attempt_start_locked(rpc_client *c, call_state *st, grpc_completion_queue *cq,
+                                     err_info *e)
 {
     int64_t now = rpc_now_ms();
     if (st->deadline_ms - now <= 0)
@@ -700,6 +757,7 @@ static err_code call_finish(call_state *st, const ProtobufCMessageDescriptor *re
     if (st->error_string)
         gpr_free((void *)st->error_string);
     st->error_string = NULL;
+    attempt_detach(st);
     grpc_call_unref(st->call);
     st->call = NULL;
     return rc;
@@ -730,6 +788,7 @@ static err_code state_init(rpc_client *c, call_state *st, const char *method,
     st->parent = o && o->parent ? rpc_ctx_grpc_call(o->parent) : NULL;
     st->idempotent = !(flags & RPC_CALL_NO_RETRY) && retry_is_idempotent(method);
     st->bypass_breaker = (flags & RPC_CALL_BYPASS_BREAKER) != 0;
+    st->cancel = o ? o->cancel : NULL;
     size_t n = protobuf_c_message_get_packed_size(req);
     st->req = grpc_slice_malloc(n);
     protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(st->req));

@@ -310,6 +310,7 @@ typedef enum tag_kind {
     TAG_GENERIC_NEW,
     TAG_GENERIC_DONE,
     TAG_CALL_CONTINUE, /* rpc_continue: run c->cont on a worker thread */
+    TAG_CALL_CLOSED,   /* rpc_watch_cancel's RECV_CLOSE_ON_SERVER (srv_call.close_tag) */
     TAG_SHUTDOWN
 } tag_kind;
 
@@ -333,6 +334,12 @@ typedef struct srv_call {
     rpc_handler cont;            /* what TAG_CALL_CONTINUE runs */
     int64_t start_ns;
     int cancelled;
+    /* rpc_watch_cancel: RECV_CLOSE_ON_SERVER in its own batch, tagged with close_tag; the call
+     * is finished when both it and the reply batch completed (ends). */
+    tag_kind close_tag;
+    bool watching;
+    atomic_bool gone; /* the close completed with cancelled = 1 */
+    atomic_int ends;
     err_code code;
     grpc_byte_buffer *resp_buf;
     grpc_slice status_msg;
@@ -678,14 +685,23 @@ static void send_reply(srv_call *c, err_code rc, ProtobufCMessage *resp, err_inf
     ops[nops].data.send_status_from_server.trailing_metadata_count = c->ntrail;
     ops[nops].data.send_status_from_server.trailing_metadata = c->ntrail ? c->trail_md : NULL;
     nops++;
-    ops[nops].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[nops].data.recv_close_on_server.cancelled = &c->cancelled;
-    nops++;
+    if (!c->watching) {
+        ops[nops].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        ops[nops].data.recv_close_on_server.cancelled = &c->cancelled;
+        nops++;
+    }
 
     grpc_call_error r = grpc_call_start_batch(c->call, ops, nops, c, NULL);
     if (r != GRPC_CALL_OK) {
         log_error(&ctx->log, "rpc %s: start_batch failed (%d)", ctx->method, (int)r);
         c->code = ERR_INTERNAL;
+        if (c->watching) {
+            /* The close batch is still out: it finishes the call. */
+            grpc_call_cancel(c->call, NULL);
+            if (atomic_fetch_sub(&c->ends, 1) == 1)
+                call_free(c);
+            return;
+        }
         call_free(c);
     }
 }
@@ -755,7 +771,52 @@ static void on_call_continue(srv_call *c)
         send_reply(c, rc, resp, &e);
 }
 
+void rpc_watch_cancel(rpc_ctx *ctx)
+{
+    srv_call *c = call_of(ctx);
+    if (c->watching)
+        return;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    c->close_tag = TAG_CALL_CLOSED;
+    atomic_store(&c->ends, 2);
+    c->watching = true;
+    if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+        c->watching = false; /* the reply batch will ask for the close as before */
+        atomic_store(&c->ends, 1);
+    }
+}
+
+bool rpc_ctx_cancelled(const rpc_ctx *ctx)
+{
+    if (ctx->deadline_ms != INT64_MAX && rpc_now_ms() >= ctx->deadline_ms)
+        return true;
+    /* A ctx made outside rpc_server (tests) has no call behind it. */
+    return ctx->call && atomic_load(&call_of((rpc_ctx *)ctx)->gone);
+}
+
+static void call_end(srv_call *c);
+
+/* The watched close: the client cancelled (or the answer went out); the call ends when the
+ * reply batch did too. */
+static void on_call_closed(srv_call *c)
+{
+    if (c->cancelled)
+        atomic_store(&c->gone, true);
+    if (atomic_fetch_sub(&c->ends, 1) == 1)
+        call_end(c);
+}
+
 static void on_call_done(srv_call *c)
+{
+    if (c->watching && atomic_fetch_sub(&c->ends, 1) != 1)
+        return; /* the close completes later and ends the call */
+    call_end(c);
+}
+
+static void call_end(srv_call *c)
 {
     rpc_server *s = c->s;
     double secs = (double)(now_ns() - c->start_ns) / 1e9;
@@ -834,6 +895,10 @@ static void *worker(void *arg)
             s->shutdown_tag_seen = true;
             pthread_cond_broadcast(&s->cv);
             pthread_mutex_unlock(&s->mu);
+            continue;
+        }
+        if (*k == TAG_CALL_CLOSED) {
+            on_call_closed((srv_call *)(void *)((char *)k - offsetof(srv_call, close_tag)));
             continue;
         }
         srv_call *c = (srv_call *)(void *)k;

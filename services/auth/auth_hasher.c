@@ -19,7 +19,8 @@ typedef struct job {
     const char *pw;
     const char *hash; /* verify: the stored hash */
     char out[AUTH_HASH_MAX];
-    bool match, needs_rehash, failed, done;
+    const auth_hasher_caller *who;
+    bool match, needs_rehash, failed, dropped, done;
     pthread_cond_t cv;
     struct job *next;
 } job;
@@ -34,7 +35,7 @@ struct auth_hasher {
     unsigned long long opslimit;
     size_t memlimit;
     char dummy[AUTH_HASH_MAX];
-    unsigned long done, rejected;
+    unsigned long done, rejected, dropped;
     int nice;
 };
 
@@ -76,10 +77,15 @@ static void *worker(void *arg)
         h->queued--;
         h->running++;
         pthread_mutex_unlock(&h->mu);
-        run_job(h, j);
+        j->dropped = j->who && j->who->gone(j->who->arg);
+        if (!j->dropped)
+            run_job(h, j);
         pthread_mutex_lock(&h->mu);
         h->running--;
-        h->done++;
+        if (j->dropped)
+            h->dropped++;
+        else
+            h->done++;
         j->done = true;
         pthread_cond_signal(&j->cv);
     }
@@ -111,6 +117,8 @@ static err_code submit(auth_hasher *h, job *j, err_info *e)
         pthread_cond_wait(&j->cv, &h->mu);
     pthread_mutex_unlock(&h->mu);
     pthread_cond_destroy(&j->cv);
+    if (j->dropped)
+        return err_set(e, ERR_CANCELLED, "the caller left before its turn to hash");
     return ERR_OK;
 }
 
@@ -174,12 +182,14 @@ void auth_hasher_free(auth_hasher *h)
     free(h);
 }
 
-err_code auth_hasher_hash(auth_hasher *h, const char *pw, char out[AUTH_HASH_MAX], err_info *e)
+err_code auth_hasher_hash(auth_hasher *h, const auth_hasher_caller *who, const char *pw,
+                          char out[AUTH_HASH_MAX], err_info *e)
 {
     job j;
     memset(&j, 0, sizeof j);
     j.kind = JOB_HASH;
     j.pw = pw;
+    j.who = who;
     err_code rc = submit(h, &j, e);
     if (rc)
         return rc;
@@ -190,14 +200,15 @@ err_code auth_hasher_hash(auth_hasher *h, const char *pw, char out[AUTH_HASH_MAX
     return ERR_OK;
 }
 
-err_code auth_hasher_verify(auth_hasher *h, const char *hash, const char *pw, bool *match,
-                            bool *needs_rehash, err_info *e)
+err_code auth_hasher_verify(auth_hasher *h, const auth_hasher_caller *who, const char *hash,
+                            const char *pw, bool *match, bool *needs_rehash, err_info *e)
 {
     job j;
     memset(&j, 0, sizeof j);
     j.kind = JOB_VERIFY;
     j.pw = pw;
     j.hash = hash;
+    j.who = who;
     err_code rc = submit(h, &j, e);
     if (rc)
         return rc;
@@ -212,6 +223,7 @@ void auth_hasher_stats_get(auth_hasher *h, auth_hasher_stats *out)
     pthread_mutex_lock(&h->mu);
     out->done = h->done;
     out->rejected = h->rejected;
+    out->dropped = h->dropped;
     out->queued = h->queued;
     out->running = h->running;
     pthread_mutex_unlock(&h->mu);

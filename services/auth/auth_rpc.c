@@ -90,8 +90,8 @@ typedef struct auth_app {
     auth_events *events;
     auth_bootstrap *bootstrap;
     /* metrics (families owned by svc's registry) */
-    metrics_family *m_hash_queued, *m_hash_running, *m_hash_rejected, *m_hash_done;
-    unsigned long last_rejected, last_done;
+    metrics_family *m_hash_queued, *m_hash_running, *m_hash_rejected, *m_hash_done, *m_hash_dropped;
+    unsigned long last_rejected, last_done, last_dropped;
     /* Calls that hash (Register, Login, ChangePassword) hold an RPC thread while they wait for the
      * pool: at most heavy_max at once, so that some RPC threads always stay free for cheap calls.
      */
@@ -109,6 +109,7 @@ static bool heavy_enter(rpc_ctx *ctx, err_info *e)
         err_set(e, ERR_RESOURCE_EXHAUSTED, "too many sign-ins in progress, retry later");
         return false;
     }
+    rpc_watch_cancel(ctx); /* so the hash pool can drop the job if the caller leaves */
     return true;
 }
 
@@ -613,8 +614,11 @@ static void collect(void *arg)
                         (double)(st.rejected - app->last_rejected));
     metrics_counter_add(metrics_series_get(app->m_hash_done, NULL),
                         (double)(st.done - app->last_done));
+    metrics_counter_add(metrics_series_get(app->m_hash_dropped, NULL),
+                        (double)(st.dropped - app->last_dropped));
     app->last_rejected = st.rejected;
     app->last_done = st.done;
+    app->last_dropped = st.dropped;
 }
 
 static void metrics_init(auth_app *app, metrics_registry *r)
@@ -629,6 +633,9 @@ static void metrics_init(auth_app *app, metrics_registry *r)
                            "hash jobs refused because the queue was full", NULL, NULL, 0);
     app->m_hash_done = metrics_family_new(r, METRICS_COUNTER, "auth_hash_jobs_total",
                                           "password hash/verify jobs completed", NULL, NULL, 0);
+    app->m_hash_dropped =
+        metrics_family_new(r, METRICS_COUNTER, "auth_hash_dropped_total",
+                           "queued hash jobs dropped because the caller had left", NULL, NULL, 0);
     metrics_on_collect(r, collect, app);
 }
 

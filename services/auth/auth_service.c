@@ -156,13 +156,21 @@ static err_code deny_sids(auth_service *s, char **sids, size_t n, err_info *e)
 
 /* ---- register ---- */
 
+/* The hash pool drops a queued job whose caller is gone (rpc_watch_cancel is on for calls that
+ * hash: auth_rpc's heavy_enter). */
+static bool caller_gone(const void *ctx)
+{
+    return ctx && rpc_ctx_cancelled(ctx);
+}
+#define CALLER(ctx) (&(auth_hasher_caller){caller_gone, (ctx)})
+
 err_code auth_service_register(auth_service *s, rpc_ctx *ctx, const char *email, const char *pw,
                                const char *display_name, User__V1__User **user, auth_tokens *t,
                                err_info *e)
 {
     /* Hash first: a busy pool then refuses before anything was created. */
     char hash[AUTH_HASH_MAX];
-    err_code rc = auth_hasher_hash(s->hasher, pw, hash, e);
+    err_code rc = auth_hasher_hash(s->hasher, CALLER(ctx), pw, hash, e);
     if (rc)
         return rc;
     User__V1__User *u = NULL;
@@ -275,7 +283,7 @@ err_code auth_service_login(auth_service *s, rpc_ctx *ctx, const char *email, co
     }
     /* Always one verification: the dummy hash for unknown accounts, so timing says nothing. */
     bool match = false, rehash = false;
-    rc = auth_hasher_verify(s->hasher, hash, pw, &match, &rehash, e);
+    rc = auth_hasher_verify(s->hasher, CALLER(ctx), hash, pw, &match, &rehash, e);
     if (rc)
         return rc;
     bool ok = match && u && u->status == USER__V1__USER_STATUS__USER_STATUS_ACTIVE;
@@ -299,7 +307,7 @@ err_code auth_service_login(auth_service *s, rpc_ctx *ctx, const char *email, co
          * pool just postpones it to a later login. */
         char nh[AUTH_HASH_MAX];
         err_clear(&se);
-        if (auth_hasher_hash(s->hasher, pw, nh, &se) == ERR_OK) {
+        if (auth_hasher_hash(s->hasher, NULL, pw, nh, &se) == ERR_OK) {
             db_conn *c = NULL;
             if (acquire(s, ctx, &c, &se) == ERR_OK) {
                 if (auth_repo_credential_rehash(c, u->id, hash, nh, &se) == ERR_OK)
@@ -506,13 +514,13 @@ err_code auth_service_change_password(auth_service *s, rpc_ctx *ctx, const char 
         return rc;
     }
     bool match = false;
-    rc = auth_hasher_verify(s->hasher, old, current, &match, NULL, e);
+    rc = auth_hasher_verify(s->hasher, CALLER(ctx), old, current, &match, NULL, e);
     if (rc)
         return rc;
     if (!match)
         return err_violation_add(e, "current_password", "is incorrect");
     char nh[AUTH_HASH_MAX];
-    rc = auth_hasher_hash(s->hasher, new_pw, nh, e);
+    rc = auth_hasher_hash(s->hasher, CALLER(ctx), new_pw, nh, e);
     if (rc)
         return rc;
     char **sids = NULL;
@@ -648,7 +656,7 @@ err_code auth_service_bootstrap_admin(auth_service *s, const char *email, const 
         /* Only when it has none: an admin who changed the password keeps it. */
         err_clear(e);
         char nh[AUTH_HASH_MAX];
-        rc = auth_hasher_hash(s->hasher, pw, nh, e);
+        rc = auth_hasher_hash(s->hasher, NULL, pw, nh, e);
         if (!rc)
             rc = acquire(s, NULL, &c, e);
         if (!rc) {

@@ -3,6 +3,8 @@
 #ifndef COMMON_RPC_CLIENT_H
 #define COMMON_RPC_CLIENT_H
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <protobuf-c/protobuf-c.h>
@@ -23,12 +25,26 @@ typedef struct rpc_client_opts {
     int max_message_bytes;  /* default 4 MiB */
 } rpc_client_opts;
 
+/* A caller's handle to cancel its calls (e.g. the HTTP client went away): the attempt in flight
+ * is cancelled (the server sees CANCELLED, and so do the calls it made with this one as parent)
+ * and no retry starts. It must outlive every call made with it; one call at a time. */
+typedef struct rpc_cancel {
+    pthread_mutex_t mu;
+    void *call; /* the attempt in flight (grpc_call *), NULL between attempts */
+    bool cancelled;
+} rpc_cancel;
+void rpc_cancel_init(rpc_cancel *t);
+void rpc_cancel_destroy(rpc_cancel *t);
+/* Any thread, any number of times; calls made with t afterwards end at once with CANCELLED. */
+void rpc_cancel_fire(rpc_cancel *t);
+
 /* Per-call options; all optional (NULL = defaults). */
 typedef struct rpc_call_opts {
     const rpc_ctx *parent;  /* server call we run inside: its deadline, cancellation and
                                metadata (request id, traceparent, authorization) pass on */
     const rpc_metadata *md; /* explicit metadata (overrides the parent's where non-empty) */
     int64_t deadline_ms;    /* absolute CLOCK_MONOTONIC ms; 0 = parent's or default */
+    rpc_cancel *cancel;     /* lets the caller cancel the call; NULL = never */
 } rpc_call_opts;
 
 /* Resilience policy shared by every client of a process, read from the environment (names,

@@ -54,6 +54,13 @@ void rpc_reply(rpc_ctx *ctx, err_code code, ProtobufCMessage *resp, const err_in
  * cache miss answered on the cache thread). */
 void rpc_continue(rpc_ctx *ctx, rpc_handler fn);
 
+/* For handlers that may wait long (password hashing): after rpc_watch_cancel (on the handler's
+ * thread, before it answers), rpc_ctx_cancelled tells at any moment whether the caller is gone
+ * (it cancelled, or hung up) so queued work can be dropped. It costs one more batch per call, so
+ * it is opt-in. rpc_ctx_cancelled is also true once the deadline passed, watched or not. */
+void rpc_watch_cancel(rpc_ctx *ctx);
+bool rpc_ctx_cancelled(const rpc_ctx *ctx);
+
 typedef struct rpc_method {
     const char *name; /* full name "/pkg.Service/Method" */
     const ProtobufCMessageDescriptor *req;

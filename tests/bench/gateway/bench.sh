@@ -84,7 +84,7 @@ run() { # name url script [env...]
     env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" >"$W/wrk.out" 2>&1 \
       || { echo "   wrk failed:"; tail -3 "$W/wrk.out"; tail -5 "$W/stack.log"; continue; }
     cpu_snap >"$W/cpu.after"
-    grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors" "$W/wrk.out" || true
+    grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors|statuses:" "$W/wrk.out" || true
     cpu_report "$(awk '/Requests\/sec/{print $2}' "$W/wrk.out")"
   done
 }

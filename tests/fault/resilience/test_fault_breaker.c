@@ -192,11 +192,12 @@ static void test_kill_user_service(void)
     CU_ASSERT_EQUAL(other, 0);
     CU_ASSERT(nlat >= 10);
     /* Client-side latency (connect + request + answer) on 2 cores shared with other builds and
-     * the ASan-instrumented gateway: the typical open-circuit answer must be within 5 ms; the tail
-     * gets 10 ms for scheduler noise (measured p50 2-3, p95 3-6 ms). A retry backoff or a call to
-     * the dead target would show as tens of ms. */
-    CU_ASSERT(p50 <= 5);
-    CU_ASSERT(p95 <= 10);
+     * the ASan-instrumented gateway. Not a speed check (that is tests/bench): it tells an answer
+     * from the breaker apart from a retry backoff or a call to the dead target, which cost tens
+     * of ms more. Measured p50 2-3, p95 3-6 ms on a quiet machine, p50 6, p95 8-10 ms on the same
+     * machine on a slow day (2026-12-05, every build: the host, not the code); hence the margin. */
+    CU_ASSERT(p50 <= 15);
+    CU_ASSERT(p95 <= 30);
     /* 3. routes that do not need the user service: 0 errors */
     CU_ASSERT(roles_n > 50);
     CU_ASSERT_EQUAL(roles_err, 0);

@@ -2,6 +2,7 @@
  * and answers asynchronously on request (see echo_service.h). */
 #include "echo_service.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,10 +265,28 @@ bool echo_replier_wait_pending(echo_replier *r, int n, int timeout_ms)
     return ok;
 }
 
+static atomic_int cancel_seen;
+
+int echo_cancel_seen(void)
+{
+    return atomic_load(&cancel_seen);
+}
+
 static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessage **respm,
                      err_info *e)
 {
     const Test__V1__EchoRequest *req = (const Test__V1__EchoRequest *)reqm;
+    if (req->text && has_prefix(req->text, ECHO_WATCH_CANCEL)) {
+        rpc_watch_cancel(ctx);
+        for (int64_t end = rpc_now_ms() + req->sleep_ms; rpc_now_ms() < end;) {
+            if (rpc_ctx_cancelled(ctx)) {
+                atomic_fetch_add(&cancel_seen, 1);
+                return err_set(e, ERR_CANCELLED, "caller gone");
+            }
+            sleep_ms(5);
+        }
+        return echo_answer(ctx, reqm, respm, e);
+    }
     echo_state *st = ctx->state;
     echo_mode mode = mode_of(req);
     if (mode != MODE_SYNC) {

@@ -29,6 +29,12 @@
 #define ECHO_ASYNC_CONTINUE "async-continue:"
 #define ECHO_ASYNC_CONTINUE_PENDING "async-continue-pending:"
 
+/* "watch-cancel:..." (synchronous): rpc_watch_cancel, then up to sleep_ms polling
+ * rpc_ctx_cancelled every 5 ms; a handler that saw its caller leave counts in
+ * echo_cancel_seen(), else it answers the plain echo. */
+#define ECHO_WATCH_CANCEL "watch-cancel:"
+int echo_cancel_seen(void);
+
 /* One thread that answers pending calls when they are due. */
 typedef struct echo_replier echo_replier;
 

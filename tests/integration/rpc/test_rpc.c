@@ -887,6 +887,66 @@ static void test_async_reply(void)
     async_srv_stop(&as);
 }
 
+/* rpc_cancel: the caller's cancel reaches the server's handler (rpc_watch_cancel), a cancelled
+ * handle refuses new calls at once, and a watched call that is not cancelled answers as usual. */
+static void test_cancel(void)
+{
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 2));
+    int seen0 = echo_cancel_seen();
+
+    /* Watched, not cancelled: the plain answer (the call ends after both its batches). */
+    arena *a = arena_new(0);
+    err_info e;
+    Test__V1__EchoResponse *r = NULL;
+    CU_ASSERT_EQUAL(echo_text(as.c, ECHO_WATCH_CANCEL "stay", 20, 0, a, &r, &e), ERR_OK);
+    CU_ASSERT_STRING_EQUAL(r ? r->text : "", ECHO_WATCH_CANCEL "stay");
+    CU_ASSERT_EQUAL(echo_cancel_seen(), seen0);
+
+    /* Cancelled 100 ms into a 5 s handler: the caller hears CANCELLED at once, the handler
+     * sees it within its 5 ms polling. */
+    rpc_cancel tok;
+    rpc_cancel_init(&tok);
+    async_result res;
+    memset(&res, 0, sizeof res);
+    atomic_int finished = 0;
+    res.finished = &finished;
+    res.a = arena_new(0);
+    res.code = (err_code)-1;
+    res.t0 = rpc_now_ms();
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = ECHO_WATCH_CANCEL "go";
+    req.sleep_ms = 5000;
+    rpc_call_opts o = {.deadline_ms = rpc_now_ms() + 10000, .cancel = &tok};
+    CU_ASSERT_EQUAL_FATAL(rpc_client_call_async(as.c, ECHO_METHOD, &req.base,
+                                                &test__v1__echo_response__descriptor, &o, res.a,
+                                                result_done, &res, &e),
+                          ERR_OK);
+    struct timespec ts = {0, 100 * 1000000L};
+    nanosleep(&ts, NULL);
+    rpc_cancel_fire(&tok);
+    CU_ASSERT(wait_finished(&finished, 1, 3000));
+    CU_ASSERT_EQUAL(res.code, ERR_CANCELLED);
+    CU_ASSERT(res.took_ms < 2000);
+    int64_t until = rpc_now_ms() + 3000;
+    while (echo_cancel_seen() == seen0 && rpc_now_ms() < until)
+        nanosleep(&ts, NULL);
+    CU_ASSERT_EQUAL(echo_cancel_seen(), seen0 + 1);
+
+    /* The handle stays cancelled: the next call is refused before it starts. */
+    err_clear(&e);
+    CU_ASSERT_EQUAL(rpc_client_call_async(as.c, ECHO_METHOD, &req.base,
+                                          &test__v1__echo_response__descriptor, &o, res.a,
+                                          result_done, &res, &e),
+                    ERR_CANCELLED);
+    CU_ASSERT_EQUAL(atomic_load(&finished), 1);
+    rpc_cancel_fire(&tok); /* idempotent */
+    rpc_cancel_destroy(&tok);
+    arena_free(res.a);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
 static void test_async_reply_error(void)
 {
     async_srv as;
@@ -1230,6 +1290,7 @@ int main(void)
         {"shutdown_grace_over", test_shutdown_grace_over},
         {"on_call_done_hook", test_on_call_done_hook},
         {"async_reply", test_async_reply},
+        {"cancel", test_cancel},
         {"async_reply_error", test_async_reply_error},
         {"async_continue", test_async_continue},
         {"async_misuse", test_async_misuse},
