@@ -50,7 +50,6 @@ struct http_server {
     bool reaper_started;
     atomic_bool stop;
     atomic_int slow_cut;
-    atomic_int client_gone; /* service calls cancelled because the client hung up */
     struct MHD_Daemon *mhd;
     int port;
     atomic_bool draining;
@@ -58,7 +57,7 @@ struct http_server {
     atomic_int refs;     /* request objects alive (MHD or a pending gRPC callback holds them) */
     char *openapi;
     size_t openapi_len;
-    metrics_family *m_total, *m_duration, *m_rl;
+    metrics_family *m_total, *m_duration, *m_rl, *m_gone;
 };
 
 typedef enum stage { ST_BODY, ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
@@ -981,7 +980,7 @@ static void *reaper_main(void *arg)
                     (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                     rpc_cancel_fire(ct->waiting);
                     ct->waiting = NULL;
-                    atomic_fetch_add(&s->client_gone, 1);
+                    metrics_inc(s->m_gone, NULL);
                 }
             }
         }
@@ -1135,6 +1134,10 @@ http_server *http_server_start(const http_deps *d, err_info *e)
     static const char *const rl_labels[] = {"limiter", NULL};
     s->m_rl = metrics_family_new(d->metrics, METRICS_COUNTER, "rate_limit_rejections_total",
                                  "requests refused by the rate limiter", rl_labels, NULL, 0);
+    s->m_gone = metrics_family_new(d->metrics, METRICS_COUNTER, "http_client_gone_total",
+                                   "requests whose client hung up while a service call was in "
+                                   "flight (the call was cancelled)",
+                                   NULL, NULL, 0);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
