@@ -59,6 +59,7 @@ static void run_job(auth_hasher *h, job *j)
 static void *worker(void *arg)
 {
     auth_hasher *h = arg;
+    pthread_setname_np(pthread_self(), "auth-hash"); /* top -H, perf, gdb */
     /* Hashing yields the CPU to the RPC threads: under a login storm ValidateToken and other cheap
      * calls keep their latency, and logins (which are meant to be slow) absorb the wait. Linux
      * applies nice per thread. Failure (e.g. forbidden) changes nothing else. */
