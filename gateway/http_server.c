@@ -69,14 +69,17 @@ static conn_track *track_of(struct MHD_Connection *conn)
     return ci ? ci->socket_context : NULL;
 }
 
-static void track_waiting(http_server *s, struct MHD_Connection *conn, rpc_cancel *c)
+/* Set when the request suspends, cleared in on_completed (never earlier: a peek at a resumed
+ * socket is harmless, and one lock per step is all this costs the hot path). */
+static void track_waiting(http_server *s, struct MHD_Connection *conn, rpc_cancel *c,
+                          int64_t since_ms)
 {
     conn_track *ct = track_of(conn);
     if (!ct)
         return;
     pthread_mutex_lock(&s->ct_mu);
     ct->waiting = c;
-    ct->waiting_since = rpc_now_ms();
+    ct->waiting_since = since_ms;
     pthread_mutex_unlock(&s->ct_mu);
 }
 
@@ -582,7 +585,7 @@ static enum MHD_Result process(req *q)
     }
     q->st = ST_ASYNC;
     q->ph = PH_REDIS;
-    track_waiting(q->s, q->conn, &q->cancel);
+    track_waiting(q->s, q->conn, &q->cancel, q->start_ms);
     MHD_suspend_connection(q->conn);
     atomic_fetch_add(&q->refs, 1);
     err_info e;
@@ -601,7 +604,6 @@ static enum MHD_Result process(req *q)
 /* The MHD thread again, after the last asynchronous step resumed the connection. */
 static enum MHD_Result answer_async(req *q)
 {
-    track_waiting(q->s, q->conn, NULL);
     if (q->failed) {
         if (q->fail_upstream)
             return send_upstream_error(q, &q->fail);
@@ -1060,7 +1062,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&q->mu);
     /* Ended without an answer (client gone, timeout, shutdown): a call still in flight is
      * cancelled, so the service drops work nobody waits for (auth's queued password hashes). */
-    track_waiting(s, conn, NULL);
+    track_waiting(s, conn, NULL, 0);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         rpc_cancel_fire(&q->cancel);
 

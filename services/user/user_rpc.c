@@ -76,21 +76,22 @@ static err_code h_create(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     return ERR_OK;
 }
 
-/* GetUser after a cache miss, on a worker thread: the database. */
+/* GetUser: the hottest read (every GET /v1/users/me). With cache_first the cache read is
+ * asynchronous, so concurrent calls share Redis round trips and a call waiting for Redis holds no
+ * RPC thread; a hit is answered from the cache thread, a miss comes back here through
+ * rpc_continue (h_get_db) for the database. */
+static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, bool cache_first,
+                         ProtobufCMessage **resp, err_info *e);
+
 static err_code h_get_db(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
                          err_info *e)
 {
-    const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
-    char id[USER_ID_LEN + 1];
-    if (!user_valid_uuid(req->id, id))
-        return err_violation_add(e, "id", "must be a UUID");
-    user_call call = call_of(ctx);
-    user_rec u;
-    err_code rc = user_service_load(svc_of(ctx), &call, ctx->arena, id, &u, e);
-    if (rc)
-        return done(ctx, rc, e);
-    *resp = &user_rec_to_pb(ctx->arena, &u)->base;
-    return ERR_OK;
+    return get_user(ctx, m, false, resp, e);
+}
+
+static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp, err_info *e)
+{
+    return get_user(ctx, m, true, resp, e);
 }
 
 /* On the cache thread: a hit is answered from here, a miss goes to a worker. */
@@ -103,20 +104,22 @@ static void on_cached_user(void *arg, err_code rc, const user_rec *u)
         rpc_continue(ctx, h_get_db);
 }
 
-/* The hottest read (every GET /v1/users/me): the cache read is asynchronous, so concurrent calls
- * share Redis round trips and a call waiting for Redis holds no RPC thread. */
-static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp, err_info *e)
+static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, bool cache_first,
+                         ProtobufCMessage **resp, err_info *e)
 {
     const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
     char id[USER_ID_LEN + 1];
     if (!user_valid_uuid(req->id, id))
         return err_violation_add(e, "id", "must be a UUID");
     user_app *app = ctx->state;
-    if (user_store_get_async(app->store, ctx->arena, id, &ctx->log, on_cached_user, ctx))
+    if (cache_first &&
+        user_store_get_async(app->store, ctx->arena, id, &ctx->log, on_cached_user, ctx))
         return RPC_PENDING;
     user_call call = call_of(ctx);
     user_rec u;
-    err_code rc = user_service_get(svc_of(ctx), &call, ctx->arena, id, &u, e);
+    /* After an asynchronous miss the cache was read already: the database only. */
+    err_code rc = cache_first ? user_service_get(svc_of(ctx), &call, ctx->arena, id, &u, e)
+                              : user_service_load(svc_of(ctx), &call, ctx->arena, id, &u, e);
     if (rc)
         return done(ctx, rc, e);
     *resp = &user_rec_to_pb(ctx->arena, &u)->base;
