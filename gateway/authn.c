@@ -3,7 +3,6 @@
  * path costs one hash instead of an ECDSA verify; revocation is still checked on every request. */
 #include "authn.h"
 
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +99,8 @@ err_code authn_verify(authn *a, const char *token, jwt_claims *out, err_info *e)
     if (!token || !*token || strlen(token) > 8192)
         return err_set(e, ERR_UNAUTHENTICATED, "missing or malformed bearer token");
     unsigned char h[32];
-    SHA256((const unsigned char *)token, strlen(token), h);
+    if (!jwt_sha256(token, strlen(token), h))
+        return err_set(e, ERR_UNAVAILABLE, "token hash unavailable");
     uint64_t idx;
     memcpy(&idx, h, sizeof idx);
     size_t i = (size_t)(idx % a->nslots);

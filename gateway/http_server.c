@@ -100,7 +100,8 @@ typedef struct req {
     char trace_id[33], span_id[17], traceparent[56];
     char client_ip[64];
     const char *method, *path, *origin, *user_agent;
-    const char *authz; /* Authorization header, passed on to services once the token is checked */
+    const char
+        *authz; /* Authorization header (the bearer token stays here: services get x-actor-id) */
     routes_match m;
     char *body;
     size_t body_len, body_cap;
@@ -118,19 +119,20 @@ typedef struct req {
     char rl_key[160];
     const char *rl_kind; /* rate_limit_rejections_total{limiter} */
     int rl_limit, ix_mget, ix_rl;
-    bool transcode_failed;
-    err_info terr;
+    /* The three error slots are arena copies made only on failure: an err_info is ~4 KiB, and
+     * zeroing and copying them took more of a request than the route lookup. */
+    err_info *terr; /* a transcoding error, reported after the Redis step */
     /* the answer decided off the MHD thread (ST_ASYNC): an error, else the RPC's response */
     bool failed, fail_upstream;
     int fail_status;
-    err_info fail;
+    err_info *fail;
     /* result of the asynchronous call(s) */
     rpc_cancel cancel; /* fired when the client leaves first: the service stops working for it */
     atomic_int pending;
     routes_svc call_svc;
     err_code rc;
     ProtobufCMessage *resp;
-    err_info rerr;
+    err_info *rerr; /* rc != ERR_OK */
     arena *ready_arena[READY_CHECKS];
     err_code ready_rc[READY_CHECKS];
     ProtobufCMessage *ready_resp[READY_CHECKS];
@@ -267,11 +269,19 @@ static void async_resume(req *q)
     pthread_mutex_unlock(&q->mu);
 }
 
+/* An error kept past the call that reported it, in the request's arena. */
+static err_info *err_copy(arena *a, const err_info *e)
+{
+    err_info *c = arena_alloc(a, sizeof *c);
+    *c = *e;
+    return c;
+}
+
 /* Ends a suspended request with an error (from_upstream: scrub transport details first). */
 static void async_fail(req *q, const err_info *e, int http_status, bool from_upstream)
 {
     q->failed = true;
-    q->fail = *e;
+    q->fail = err_copy(q->a, e);
     q->fail_status = http_status;
     q->fail_upstream = from_upstream;
     async_resume(q);
@@ -289,7 +299,9 @@ static void fill_md(req *q, rpc_metadata *md)
 {
     md->request_id = q->request_id;
     md->traceparent = q->traceparent;
-    md->authorization = q->authed && q->authz ? q->authz : "";
+    /* Not the bearer token: no service reads it (they trust the verified x-actor-id), and a
+     * token copied into every internal call is one more place it can leak from. */
+    md->authorization = "";
     md->user_agent = q->user_agent ? q->user_agent : "";
     md->client_ip = q->client_ip;
     md->actor_id = q->authed ? q->claims.sub : "";
@@ -387,7 +399,8 @@ static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_
     } else {
         q->rc = code;
         q->resp = resp;
-        q->rerr = ce;
+        if (code != ERR_OK)
+            q->rerr = err_copy(q->a, &ce);
         async_resume(q);
     }
     req_unref(q);
@@ -426,8 +439,8 @@ static void on_redis(void *arg, cache_reply **replies, const err_info *re)
     }
     if (q->m.route->auth == AUTH_SIGNED_IN)
         q->authed = true;
-    if (q->transcode_failed) {
-        async_fail(q, &q->terr, 0, false);
+    if (q->terr) {
+        async_fail(q, q->terr, 0, false);
         goto out;
     }
     authorize_then_call(q);
@@ -519,8 +532,10 @@ static void transcode(req *q)
         in.sid = q->claims.sid;
         in.jti = q->claims.jti;
     }
-    err_clear(&q->terr);
-    q->transcode_failed = transcode_request(r, &q->m, &in, q->a, &q->msg, &q->terr) != ERR_OK;
+    err_info te;
+    err_clear(&te);
+    if (transcode_request(r, &q->m, &in, q->a, &q->msg, &te) != ERR_OK)
+        q->terr = err_copy(q->a, &te);
 }
 
 static enum MHD_Result send_no_route(req *q)
@@ -606,8 +621,8 @@ static enum MHD_Result answer_async(req *q)
 {
     if (q->failed) {
         if (q->fail_upstream)
-            return send_upstream_error(q, &q->fail);
-        return send_error(q, &q->fail, q->fail_status, NULL);
+            return send_upstream_error(q, q->fail);
+        return send_error(q, q->fail, q->fail_status, NULL);
     }
     return respond_rpc(q);
 }
@@ -646,7 +661,7 @@ static enum MHD_Result respond_rpc(req *q)
 {
     const routes_route *r = q->m.route;
     if (q->rc != ERR_OK)
-        return send_upstream_error(q, &q->rerr);
+        return send_upstream_error(q, q->rerr);
     struct MHD_Response *resp = NULL;
     if (r->status == 204) {
         if (send_raw(q, 204, "", 0, NULL, &resp) != MHD_YES)

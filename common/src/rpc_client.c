@@ -104,7 +104,7 @@ struct call_state {
     char *method_copy;
     int64_t due_ms;   /* retry queue */
     err_code last_rc; /* what the caller gets if the retry cannot be made */
-    err_info last_e;
+    err_info *last_e; /* allocated by the first retry only: an err_info is ~4 KiB */
     call_state *next;
 };
 
@@ -870,6 +870,7 @@ static void async_state_free(call_state *st)
     grpc_slice_unref(st->req);
     free(st->md_copy);
     free(st->method_copy);
+    free(st->last_e);
     free(st);
 }
 
@@ -905,7 +906,7 @@ static void retry_queue_run(rpc_client *c)
         if (rc != ERR_OK && strstr(e.msg, CIRCUIT_OPEN))
             async_finish(st, rc, NULL, &e); /* the breaker opened meanwhile: say so */
         else if (rc != ERR_OK)
-            async_finish(st, st->last_rc, NULL, &st->last_e);
+            async_finish(st, st->last_rc, NULL, st->last_e);
     }
 }
 
@@ -934,7 +935,9 @@ static void *async_thread(void *arg)
                 async_finish(st, rc, resp, &e);
             } else {
                 st->last_rc = rc;
-                st->last_e = e;
+                if (!st->last_e)
+                    st->last_e = xmalloc(sizeof *st->last_e);
+                *st->last_e = e;
                 st->due_ms = rpc_now_ms() + wait;
                 retry_queue_push(c, st);
             }
@@ -944,7 +947,7 @@ static void *async_thread(void *arg)
     while (c->retry_head) {
         call_state *st = c->retry_head;
         c->retry_head = st->next;
-        async_finish(st, st->last_rc, NULL, &st->last_e);
+        async_finish(st, st->last_rc, NULL, st->last_e);
     }
     return NULL;
 }

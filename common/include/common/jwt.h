@@ -32,6 +32,8 @@ err_code jwt_keyset_add_public(jwt_keyset *ks, const char *kid, const char *x_b6
                                const char *y_b64url, err_info *e);
 void jwt_keyset_free(jwt_keyset *ks);
 size_t jwt_keyset_count(const jwt_keyset *ks);
+/* SHA-256 of in (32 bytes into out); thread-safe, the digest is looked up once per process. */
+bool jwt_sha256(const void *in, size_t n, unsigned char out[32]);
 bool jwt_keyset_has_kid(const jwt_keyset *ks, const char *kid);
 
 /* Signs claims (iss, aud, sub, sid, jti, iat, exp; nbf omitted when 0) with the newest private

@@ -4,7 +4,11 @@
 # (../shared/peers/express, WORKERS=2) and nginx serving a static JSON (the HTTP ceiling).
 #   tests/bench/gateway/bench.sh [duration]      (default 10s; REPEAT=n runs each wrk n times)
 # Env: BUILD (default build-gateway-rel, built with -DCMAKE_BUILD_TYPE=Release), EXPRESS_DIR,
-# SKIP_EXPRESS=1, SKIP_NGINX=1, ONLY=<name part> (e.g. ONLY=me: only the runs whose name has it), CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir). Every process started here is stopped at exit (by PID).
+# SKIP_EXPRESS=1, SKIP_NGINX=1, ONLY=<name part> (e.g. ONLY=me: only the runs whose name has it), CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir),
+# PERF=1 (C runs: context switches and syscalls per request of gateway, user-service and Redis,
+# counted by perf's software events; steadier than CPU time on a noisy host),
+# CALLGRIND=1 (gateway and user-service run under valgrind's callgrind: C runs report user-space
+# instructions per request, exact enough to A/B a change on a noisy host; throughput is meaningless). Every process started here is stopped at exit (by PID).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -48,10 +52,12 @@ wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 
 "$root/tests/support/harness" start >/dev/null
 . "$HARNESS_DIR/state"
+REDIS_PID=$(cat "$HARNESS_DIR/redis.pid")
 PSQL="/usr/lib/postgresql/15/bin/psql -q -h 127.0.0.1 -p $PGPORT -U postgres"
 $PSQL -c "DROP DATABASE IF EXISTS gwbench" -c "CREATE DATABASE gwbench" >/dev/null
 $PSQL -d gwbench -f "$root/deploy/postgres/init.sql" >/dev/null
 P_AUTH=$(free_port); P_USER=$(free_port); P_PERM=$(free_port); P_GW=$(free_port)
+vg=(); [ -z "${CALLGRIND:-}" ] || vg=(valgrind -q --tool=callgrind --instr-atstart=no "--callgrind-out-file=$W/cg.%p")
 common=(REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 LOG_LEVEL=warn)
 db() { echo "host=127.0.0.1 port=$PGPORT dbname=gwbench user=$1"; }
 mkdir -p "$W/keys"
@@ -59,7 +65,8 @@ openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt 
 env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_PERM METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db permission_svc)" \
   "$BUILD/bin/permission-service" >>"$W/stack.log" 2>&1 & pids+=($!)
 env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_USER METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db user_svc)" \
-  "$BUILD/bin/user-service" >>"$W/stack.log" 2>&1 & pids+=($!)
+  "${vg[@]}" "$BUILD/bin/user-service" >>"$W/stack.log" 2>&1 & pids+=($!)
+PID_USER=$!
 wait_port "$P_PERM"; wait_port "$P_USER"
 env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_AUTH METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$(db auth_svc)" \
   USER_SERVICE_ADDR=127.0.0.1:$P_USER PERMISSION_SERVICE_ADDR=127.0.0.1:$P_PERM JWT_KEYS_DIR="$W/keys" \
@@ -69,7 +76,8 @@ wait_port "$P_AUTH"
 env "${common[@]}" LISTEN_ADDR=127.0.0.1:$P_GW AUTH_SERVICE_ADDR=127.0.0.1:$P_AUTH \
   USER_SERVICE_ADDR=127.0.0.1:$P_USER PERMISSION_SERVICE_ADDR=127.0.0.1:$P_PERM \
   RATE_LIMIT_AUTH_RPM=100000000 RATE_LIMIT_ANON_RPM=100000000 RATE_LIMIT_USER_RPM=100000000 \
-  HTTP_THREADS=${HTTP_THREADS:-2} "$BUILD/bin/gateway" >>"$W/stack.log" 2>&1 & pids+=($!)
+  HTTP_THREADS=${HTTP_THREADS:-2} "${vg[@]}" "$BUILD/bin/gateway" >>"$W/stack.log" 2>&1 & pids+=($!)
+PID_GW=$!
 wait_port "$P_GW"
 GW=http://127.0.0.1:$P_GW
 for _ in $(seq 1 100); do curl -fs "$GW/ready" >/dev/null && break; sleep 0.1; done
@@ -81,12 +89,69 @@ run() { # name url script [env...]
   for _ in $(seq 1 "$REPEAT"); do
     echo "-- $name: wrk -t1 -c$CONNS -d$D --latency ${script:+-s $(basename "$script")} $url"
     cpu_snap >"$W/cpu.before"
+    perf_start "$name"
+    cg_start "$name"
     env "$@" wrk -t1 -c"$CONNS" -d"$D" --latency ${script:+-s "$script"} "$url" >"$W/wrk.out" 2>&1 \
       || { echo "   wrk failed:"; tail -3 "$W/wrk.out"; tail -5 "$W/stack.log"; continue; }
     cpu_snap >"$W/cpu.after"
+    perf_stop
+    cg_stop
     grep -E "Requests/sec|Latency  |  50%|  99%|Non-2xx|Socket errors|statuses:" "$W/wrk.out" || true
     cpu_report "$(awk '/Requests\/sec/{print $2}' "$W/wrk.out")"
+    perf_report "$(awk '/Requests\/sec/{print $2}' "$W/wrk.out")"
+    cg_report "$(awk '/requests in/{print $1}' "$W/wrk.out")"
   done
+}
+# PERF=1: one perf stat per process of the C stack, for the length of the wrk run.
+perf_pids=()
+perf_start() {
+  perf_pids=()
+  [ -n "${PERF:-}" ] && [[ "$1" == C* ]] && command -v perf >/dev/null || return 0
+  local p
+  for p in "gateway:$PID_GW" "user-service:$PID_USER" "redis-server:$REDIS_PID"; do
+    perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "${p#*:}" -o "$W/perf.${p%%:*}" 2>/dev/null &
+    perf_pids+=($!)
+  done
+}
+perf_stop() {
+  local p
+  for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${perf_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+# CALLGRIND=1: instrumentation is on only while wrk measures; each run ends with a dump.
+cg_on=
+cg_start() {
+  cg_on=
+  [ -n "${CALLGRIND:-}" ] && [[ "$1" == C* ]] || return 0
+  cg_on=1
+  rm -f "$W"/cg.*
+  callgrind_control -z "$PID_GW" >/dev/null; callgrind_control -z "$PID_USER" >/dev/null
+  callgrind_control -i on "$PID_GW" >/dev/null; callgrind_control -i on "$PID_USER" >/dev/null
+}
+cg_stop() {
+  [ -n "$cg_on" ] || return 0
+  callgrind_control -i off "$PID_GW" >/dev/null; callgrind_control -i off "$PID_USER" >/dev/null
+  callgrind_control -d "$PID_GW" >/dev/null; callgrind_control -d "$PID_USER" >/dev/null
+}
+cg_report() { # requests
+  [ -n "$cg_on" ] || return 0
+  local line="   instructions per request:" who pid f
+  for who in gateway:$PID_GW user-service:$PID_USER; do
+    pid=${who#*:}; f=$(ls -t "$W"/cg."$pid".* 2>/dev/null | head -1)
+    [ -n "$f" ] || continue
+    line+=$(awk -v n="$1" -v w="${who%%:*}" '/^(summary|totals):/{t=$2} END{if (n>0) printf " %s %.0f;", w, t/n}' "$f")
+  done
+  echo "$line (callgrind, $1 requests)"
+}
+perf_report() { # req/s
+  [ ${#perf_pids[@]} -gt 0 ] || return 0
+  local n f line="   per request:"
+  n=$(awk -v rps="$1" -v d="$D" 'BEGIN{sub(/s$/,"",d); print rps*d}')
+  for f in gateway user-service redis-server; do
+    line+=$(awk -F, -v n="$n" -v who="$f" '$3=="context-switches"{cs=$1} $3=="raw_syscalls:sys_enter"{sc=$1}
+      END{if (n>0) printf " %s %.2f cs %.2f syscalls;", who, cs/n, sc/n}' "$W/perf.$f")
+  done
+  echo "$line"
 }
 # CPU seconds (utime+stime) of every process, to report CPU microseconds per request by process.
 cpu_snap() {
