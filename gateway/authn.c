@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/fmt.h"
 #include "common/mem.h"
 #include "common/rpc_server.h"
 
@@ -161,14 +162,13 @@ bool authn_is_revoked(const jwt_claims *c, const char *jti_val, const char *sid_
 
 void authn_revocation_prepare(const jwt_claims *c, authn_cmd *cmd)
 {
-    snprintf(cmd->k[0], sizeof cmd->k[0], "revoked:jti:%s", c->jti);
-    snprintf(cmd->k[1], sizeof cmd->k[1], "revoked:sid:%s", c->sid);
-    snprintf(cmd->k[2], sizeof cmd->k[2], "revoked_before:%s", c->sub);
+    static const char *const prefix[3] = {"revoked:jti:", "revoked:sid:", "revoked_before:"};
+    const char *val[3] = {c->jti, c->sid, c->sub};
     cmd->argv[0] = "MGET";
     cmd->lens[0] = 4;
     for (int i = 0; i < 3; i++) {
+        cmd->lens[i + 1] = fmt_cat(cmd->k[i], sizeof cmd->k[i], prefix[i], val[i]);
         cmd->argv[i + 1] = cmd->k[i];
-        cmd->lens[i + 1] = strlen(cmd->k[i]);
     }
 }
 

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/fmt.h"
 #include "common/log.h"
 #include "common/pbjson.h"
 #include "errors.h"
@@ -184,12 +185,12 @@ static void add_common_headers(req *q, struct MHD_Response *r)
                                 "RateLimit-Reset, Retry-After, WWW-Authenticate");
     }
     if (q->rl_set) {
-        char v[32];
-        snprintf(v, sizeof v, "%d", q->rl.limit);
+        char v[FMT_INT_MAX];
+        fmt_i64(v, q->rl.limit);
         MHD_add_response_header(r, "RateLimit-Limit", v);
-        snprintf(v, sizeof v, "%d", q->rl.remaining);
+        fmt_i64(v, q->rl.remaining);
         MHD_add_response_header(r, "RateLimit-Remaining", v);
-        snprintf(v, sizeof v, "%d", q->rl.reset_s);
+        fmt_i64(v, q->rl.reset_s);
         MHD_add_response_header(r, "RateLimit-Reset", v);
     }
 }
@@ -238,8 +239,8 @@ static enum MHD_Result send_error(req *q, const err_info *e, int http_status, co
     if (allow)
         MHD_add_response_header(r, "Allow", allow);
     if (status == 429 || status == 503) {
-        char v[16];
-        snprintf(v, sizeof v, "%d", e->retry_after_s > 0 ? e->retry_after_s : 1);
+        char v[FMT_INT_MAX];
+        fmt_i64(v, e->retry_after_s > 0 ? e->retry_after_s : 1);
         MHD_add_response_header(r, "Retry-After", v);
     }
     return finish(q, status, r);
@@ -569,15 +570,15 @@ static enum MHD_Result process(req *q)
     if (r->auth == AUTH_SIGNED_IN) {
         q->rl_limit = cfg->rl_user_rpm;
         q->rl_kind = "user";
-        snprintf(q->rl_key, sizeof q->rl_key, "user:%s", q->claims.sub);
+        fmt_cat(q->rl_key, sizeof q->rl_key, "user:", q->claims.sub);
     } else if (r->limit == LIMIT_AUTH) {
         q->rl_limit = cfg->rl_auth_rpm;
         q->rl_kind = "auth";
-        snprintf(q->rl_key, sizeof q->rl_key, "auth:%s", q->client_ip);
+        fmt_cat(q->rl_key, sizeof q->rl_key, "auth:", q->client_ip);
     } else if (r->limit == LIMIT_DEFAULT) {
         q->rl_limit = cfg->rl_anon_rpm;
         q->rl_kind = "anon";
-        snprintf(q->rl_key, sizeof q->rl_key, "anon:%s", q->client_ip);
+        fmt_cat(q->rl_key, sizeof q->rl_key, "anon:", q->client_ip);
     }
 
     /* 3. the request message */
@@ -1083,8 +1084,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
     double dur = (double)(rpc_now_ms() - q->start_ms) / 1000.0;
     int status = q->status ? q->status : 499;
-    char sc[8];
-    snprintf(sc, sizeof sc, "%d", status);
+    char sc[FMT_INT_MAX];
+    fmt_i64(sc, status);
     const char *route = q->m.route ? q->m.route->path : "unmatched";
     const char *lv[] = {q->method, route, sc};
     metrics_inc(s->m_total, lv);

@@ -8,6 +8,8 @@
 #include <strings.h>
 #include <sys/random.h>
 
+#include "common/fmt.h"
+
 /* Ids need to be unique and unguessable enough for correlation, not secret: a per-thread
  * xoshiro256** seeded once from getrandom keeps three syscalls off every request. */
 static __thread uint64_t rng_s[4];
@@ -53,16 +55,6 @@ static void rand_bytes(unsigned char *b, size_t n)
     }
 }
 
-static void hex(const unsigned char *b, size_t n, char *out)
-{
-    static const char H[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = H[b[i] >> 4];
-        out[2 * i + 1] = H[b[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 bool mw_request_id_sane(const char *s)
 {
     if (!s)
@@ -86,8 +78,18 @@ void mw_request_id_new(char out[37])
     rand_bytes(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    hex(b, 16, h);
-    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+    fmt_hex(b, 16, h);
+    /* 8-4-4-4-12 */
+    memcpy(out, h, 8);
+    out[8] = '-';
+    memcpy(out + 9, h + 8, 4);
+    out[13] = '-';
+    memcpy(out + 14, h + 12, 4);
+    out[18] = '-';
+    memcpy(out + 19, h + 16, 4);
+    out[23] = '-';
+    memcpy(out + 24, h + 20, 12);
+    out[36] = 0;
 }
 
 static bool is_hex_any(const char *s, size_t n)
@@ -129,11 +131,18 @@ bool mw_traceparent(const char *in, char trace_id[33], char span_id[17], char ou
         flags[1] = in[54];
     } else {
         rand_bytes(b, 16);
-        hex(b, 16, trace_id);
+        fmt_hex(b, 16, trace_id);
     }
     rand_bytes(b, 8);
-    hex(b, 8, span_id);
-    snprintf(out, 56, "00-%s-%s-%s", trace_id, span_id, flags);
+    fmt_hex(b, 8, span_id);
+    /* 00-<trace_id 32>-<span_id 16>-<flags 2> */
+    memcpy(out, "00-", 3);
+    memcpy(out + 3, trace_id, 32);
+    out[35] = '-';
+    memcpy(out + 36, span_id, 16);
+    out[52] = '-';
+    memcpy(out + 53, flags, 2);
+    out[55] = 0;
     return ok;
 }
 

@@ -12,6 +12,7 @@
 
 #include <openssl/evp.h>
 
+#include "common/fmt.h"
 #include "common/log.h"
 #include "common/mem.h"
 
@@ -81,8 +82,7 @@ ratelimit *ratelimit_new(cache *c)
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_Digest(RATELIMIT_LUA, strlen(RATELIMIT_LUA), md, &mdlen, EVP_sha1(), NULL);
-    for (unsigned int i = 0; i < mdlen && 2 * i + 2 < sizeof rl->sha; i++)
-        snprintf(rl->sha + 2 * i, 3, "%02x", md[i]);
+    fmt_hex(md, mdlen, rl->sha); /* SHA-1: 41 bytes of the 48 */
     return rl;
 }
 
@@ -166,6 +166,21 @@ static bool load_script(ratelimit *rl)
     return ok;
 }
 
+/* The script's arguments: key "rl:<key>", T = 60000/limit ms between requests (6 decimals,
+ * rounded) and burst = limit. Formatted by hand: this runs on every limited request. T needs 13
+ * bytes, burst 12 (an int). */
+static void script_args(const char *key, int limit, char *rkey, size_t rkey_size, char *T,
+                        char *burst)
+{
+    fmt_cat(rkey, rkey_size, "rl:", key);
+    uint64_t micro = (60000ull * 1000000ull + (uint64_t)limit / 2) / (uint64_t)limit;
+    size_t n = fmt_u64(T, micro / 1000000);
+    T[n] = '.';
+    fmt_zpad(T + n + 1, (uint32_t)(micro % 1000000), 6);
+    T[n + 7] = 0;
+    fmt_i64(burst, limit);
+}
+
 void ratelimit_check(ratelimit *rl, const char *key, int limit, rl_result *out)
 {
     memset(out, 0, sizeof *out);
@@ -178,9 +193,7 @@ void ratelimit_check(ratelimit *rl, const char *key, int limit, rl_result *out)
         return;
     }
     char rkey[128], T[32], burst[16];
-    snprintf(rkey, sizeof rkey, "rl:%s", key);
-    snprintf(T, sizeof T, "%.6f", 60000.0 / limit);
-    snprintf(burst, sizeof burst, "%d", limit);
+    script_args(key, limit, rkey, sizeof rkey, T, burst);
     bool loaded = false;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (attempt == 1 && !(loaded = load_script(rl)))
@@ -214,9 +227,7 @@ bool ratelimit_prepare(ratelimit *rl, const char *key, int limit, ratelimit_cmd 
     memcpy(cmd->sha, rl->sha, sizeof cmd->sha);
     cmd->limit = limit;
     cmd->raw_key = key;
-    snprintf(cmd->key, sizeof cmd->key, "rl:%s", key);
-    snprintf(cmd->T, sizeof cmd->T, "%.6f", 60000.0 / limit);
-    snprintf(cmd->burst, sizeof cmd->burst, "%d", limit);
+    script_args(key, limit, cmd->key, sizeof cmd->key, cmd->T, cmd->burst);
     const char *argv[6] = {"EVALSHA", cmd->sha, "1", cmd->key, cmd->T, cmd->burst};
     for (int i = 0; i < 6; i++) {
         cmd->argv[i] = argv[i];

@@ -147,11 +147,16 @@ static int match_template(const char *t, const char *path, routes_match *m)
         if (*t != '/' || *p != '/')
             return 0;
         t++, p++;
-        const char *te = strchr(t, '/');
-        size_t tl = te ? (size_t)(te - t) : strlen(t);
-        const char *pe = strchr(p, '/');
-        size_t pl = pe ? (size_t)(pe - p) : strlen(p);
-        if (tl > 1 && t[0] == '{' && t[tl - 1] == '}') {
+        const char *te = t;
+        if (*t == '{')
+            while (*te && *te != '/')
+                te++;
+        size_t tl = (size_t)(te - t);
+        if (tl > 1 && te[-1] == '}') {
+            const char *pe = p;
+            while (*pe && *pe != '/')
+                pe++;
+            size_t pl = (size_t)(pe - p);
             if (pl == 0 || np >= ROUTES_MAX_PARAMS)
                 return 0;
             const char *colon = memchr(t, ':', tl);
@@ -165,13 +170,17 @@ static int match_template(const char *t, const char *path, routes_match *m)
                 rp->kind = 'i';
             rp->value = p;
             rp->value_len = pl;
+            t = te;
+            p = pe;
         } else {
-            if (tl != pl || memcmp(t, p, tl) != 0)
+            /* A literal segment, compared as it is walked: this runs for every route on every
+             * request, and most templates differ from the path within a few characters. */
+            while (*t && *t != '/' && *t == *p)
+                t++, p++;
+            if ((*t && *t != '/') || (*p && *p != '/'))
                 return 0;
             score++;
         }
-        t += tl;
-        p += pl;
     }
     if (*t || *p)
         return 0;

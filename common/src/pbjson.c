@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "common/fmt.h"
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
@@ -455,16 +456,48 @@ static void puts_(enc *x, const char *s)
     put(x, s, strlen(s));
 }
 
-static void putf(enc *x, const char *fmt, ...) ERR_PRINTF(2, 3);
-static void putf(enc *x, const char *fmt, ...)
+static void put_int(enc *x, int64_t v, bool quoted)
 {
-    char tmp[64];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        put(x, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    char tmp[FMT_INT_MAX + 2];
+    size_t n = 0;
+    if (quoted)
+        tmp[n++] = '"';
+    n += fmt_i64(tmp + n, v);
+    if (quoted)
+        tmp[n++] = '"';
+    put(x, tmp, n);
+}
+
+static void put_uint(enc *x, uint64_t v, bool quoted)
+{
+    char tmp[FMT_INT_MAX + 2];
+    size_t n = 0;
+    if (quoted)
+        tmp[n++] = '"';
+    n += fmt_u64(tmp + n, v);
+    if (quoted)
+        tmp[n++] = '"';
+    put(x, tmp, n);
+}
+
+/* ".123", ".123456" or ".123456789": the shortest of the three that holds nanos exactly (none
+ * for 0), as protojson writes Timestamp and Duration. */
+static void put_nanos(enc *x, int32_t nanos)
+{
+    char tmp[10];
+    tmp[0] = '.';
+    if (nanos == 0)
+        return;
+    if (nanos % 1000000 == 0) {
+        fmt_zpad(tmp + 1, (uint32_t)(nanos / 1000000), 3);
+        put(x, tmp, 4);
+    } else if (nanos % 1000 == 0) {
+        fmt_zpad(tmp + 1, (uint32_t)(nanos / 1000), 6);
+        put(x, tmp, 7);
+    } else {
+        fmt_zpad(tmp + 1, (uint32_t)nanos, 9);
+        put(x, tmp, 10);
+    }
 }
 
 /* Length of the valid UTF-8 sequence at s (1-4), or 0 when invalid. */
@@ -617,19 +650,16 @@ static void put_timestamp(enc *x, int64_t secs, int32_t nanos)
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    char tmp[48];
-    int n = snprintf(tmp, sizeof tmp, "\"%04d-%02u-%02uT%02d:%02d:%02d", (int)y, m, d,
-                     (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
-    put(x, tmp, (size_t)n);
-    if (nanos == 0)
-        n = 0;
-    else if (nanos % 1000000 == 0)
-        n = snprintf(tmp, sizeof tmp, ".%03d", nanos / 1000000);
-    else if (nanos % 1000 == 0)
-        n = snprintf(tmp, sizeof tmp, ".%06d", nanos / 1000);
-    else
-        n = snprintf(tmp, sizeof tmp, ".%09d", nanos);
-    put(x, tmp, (size_t)n);
+    /* "YYYY-MM-DDThh:mm:ss: the clamp above keeps y within 0001..9999 */
+    char tmp[21] = "\"0000-00-00T00:00:00";
+    fmt_zpad(tmp + 1, (uint32_t)y, 4);
+    fmt_zpad(tmp + 6, m, 2);
+    fmt_zpad(tmp + 9, d, 2);
+    fmt_zpad(tmp + 12, (uint32_t)(rem / 3600), 2);
+    fmt_zpad(tmp + 15, (uint32_t)(rem / 60 % 60), 2);
+    fmt_zpad(tmp + 18, (uint32_t)(rem % 60), 2);
+    put(x, tmp, 20);
+    put_nanos(x, nanos);
     put(x, "Z\"", 2);
 }
 
@@ -640,18 +670,10 @@ static void put_duration(enc *x, int64_t secs, int32_t nanos)
     int32_t ns = nanos < 0 ? -nanos : nanos;
     if (ns > 999999999)
         ns = 999999999;
-    char tmp[48];
-    int n = snprintf(tmp, sizeof tmp, "\"%s%" PRIu64, neg ? "-" : "", s);
-    put(x, tmp, (size_t)n);
-    if (ns == 0)
-        n = 0;
-    else if (ns % 1000000 == 0)
-        n = snprintf(tmp, sizeof tmp, ".%03d", ns / 1000000);
-    else if (ns % 1000 == 0)
-        n = snprintf(tmp, sizeof tmp, ".%06d", ns / 1000);
-    else
-        n = snprintf(tmp, sizeof tmp, ".%09d", ns);
-    put(x, tmp, (size_t)n);
+    put(x, neg ? "\"-" : "\"", neg ? 2 : 1);
+    char tmp[FMT_INT_MAX];
+    put(x, tmp, fmt_u64(tmp, s));
+    put_nanos(x, ns);
     put(x, "s\"", 2);
 }
 
@@ -681,20 +703,20 @@ static void enc_value(enc *x, ProtobufCType t, const void *desc, const void *p)
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
     case PROTOBUF_C_TYPE_SFIXED32:
-        putf(x, "%" PRId32, *(const int32_t *)p);
+        put_int(x, *(const int32_t *)p, false);
         break;
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-        putf(x, "%" PRIu32, *(const uint32_t *)p);
+        put_uint(x, *(const uint32_t *)p, false);
         break;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
-        putf(x, "\"%" PRId64 "\"", *(const int64_t *)p);
+        put_int(x, *(const int64_t *)p, true);
         break;
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-        putf(x, "\"%" PRIu64 "\"", *(const uint64_t *)p);
+        put_uint(x, *(const uint64_t *)p, true);
         break;
     case PROTOBUF_C_TYPE_FLOAT:
         put_double(x, *(const float *)p, true);
@@ -711,7 +733,7 @@ static void enc_value(enc *x, ProtobufCType t, const void *desc, const void *p)
         if (ev)
             put_str(x, ev->name, strlen(ev->name));
         else
-            putf(x, "%d", v); /* open enum: a number we have no name for */
+            put_int(x, v, false); /* open enum: a number we have no name for */
         break;
     }
     case PROTOBUF_C_TYPE_STRING: {
