@@ -17,6 +17,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "common/fmt.h"
 #include "common/log.h"
 #include "common/mem.h"
 
@@ -484,6 +485,37 @@ err_code cache_command(cache *c, int argc, const char **argv, const size_t *lens
     return ERR_OK;
 }
 
+/* Appends one command in RESP. hiredis' own formatter (redisAppendCommandArgv) builds it with an
+ * sdscatfmt per argument: a few thousand instructions a command, on every request's path. */
+static int append_argv(redisContext *ctx, int argc, const char **argv, const size_t *lens)
+{
+    size_t need = 1 + FMT_INT_MAX + 2;
+    for (int i = 0; i < argc; i++)
+        need += 1 + FMT_INT_MAX + 2 + (lens ? lens[i] : strlen(argv[i])) + 2;
+    char stack[1024];
+    char *buf = need <= sizeof stack ? stack : xmalloc(need);
+    size_t n = 0;
+    buf[n++] = '*';
+    n += fmt_u64(buf + n, (uint64_t)argc);
+    buf[n++] = '\r';
+    buf[n++] = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = lens ? lens[i] : strlen(argv[i]);
+        buf[n++] = '$';
+        n += fmt_u64(buf + n, len);
+        buf[n++] = '\r';
+        buf[n++] = '\n';
+        memcpy(buf + n, argv[i], len);
+        n += len;
+        buf[n++] = '\r';
+        buf[n++] = '\n';
+    }
+    int rc = redisAppendFormattedCommand(ctx, buf, n);
+    if (buf != stack)
+        free(buf);
+    return rc;
+}
+
 err_code cache_pipeline(cache *c, int ncmds, const int *argcs, const char ***argvs,
                         const size_t **lens, cache_reply **out, err_info *e)
 {
@@ -494,7 +526,7 @@ err_code cache_pipeline(cache *c, int ncmds, const int *argcs, const char ***arg
     if (rc != ERR_OK)
         return rc;
     for (int i = 0; i < ncmds; i++) {
-        if (redisAppendCommandArgv(ctx, argcs[i], argvs[i], lens ? lens[i] : NULL) != REDIS_OK)
+        if (append_argv(ctx, argcs[i], argvs[i], lens ? lens[i] : NULL) != REDIS_OK)
             return cache_failed(c, cache_tls_get(c), ctx->errstr, e);
     }
     for (int i = 0; i < ncmds; i++) {

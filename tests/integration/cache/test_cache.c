@@ -170,6 +170,33 @@ static void test_pipeline(void)
         cache_reply_free(out[i]);
     /* the connection is in a clean state afterwards */
     CU_ASSERT_EQUAL(cmd_int(c, "INCR", "p"), 16);
+
+    /* Explicit lengths (binary-safe: NUL and CR LF inside), and a value too big for the
+     * formatter's stack buffer, in one pipeline. */
+    static char big[5000];
+    memset(big, 'z', sizeof big);
+    big[100] = '\r';
+    big[101] = '\n';
+    const char bin[] = {'a', '\0', '\r', '\n', 'b'};
+    const char *b0[] = {"SET", "bin", bin};
+    const char *b1[] = {"SET", "big", big};
+    const char *b2[] = {"STRLEN", "big"};
+    const char *b3[] = {"GET", "bin"};
+    const size_t l0[] = {3, 3, sizeof bin}, l1[] = {3, 3, sizeof big}, l2[] = {6, 3}, l3[] = {3, 3};
+    const char **bargvs[] = {b0, b1, b2, b3};
+    const size_t *blens[] = {l0, l1, l2, l3};
+    int bargcs[] = {3, 3, 2, 2};
+    CU_ASSERT_EQUAL_FATAL(cache_pipeline(c, 4, bargcs, bargvs, blens, out, &e), ERR_OK);
+    CU_ASSERT_STRING_EQUAL(cache_reply_str(out[0], NULL), "OK");
+    CU_ASSERT_STRING_EQUAL(cache_reply_str(out[1], NULL), "OK");
+    CU_ASSERT_EQUAL(cache_reply_int(out[2]), (long long)sizeof big);
+    size_t n = 0;
+    const char *got = cache_reply_str(out[3], &n);
+    CU_ASSERT_EQUAL(n, sizeof bin);
+    if (got && n == sizeof bin)
+        CU_ASSERT_EQUAL(memcmp(got, bin, sizeof bin), 0);
+    for (int i = 0; i < 4; i++)
+        cache_reply_free(out[i]);
     cache_free(c);
 }
 
