@@ -5,6 +5,7 @@
 #   tests/bench/gateway/bench.sh [duration]      (default 10s; REPEAT=n runs each wrk n times)
 # Env: BUILD (default build-gateway-rel, built with -DCMAKE_BUILD_TYPE=Release), EXPRESS_DIR,
 # SKIP_EXPRESS=1, SKIP_NGINX=1, ONLY=<name part> (e.g. ONLY=me: only the runs whose name has it), CONNS (64), HTTP_THREADS (2), KEEP_LOGS=1 (keep the temp dir),
+# IDLE_CONNS=n (n more keep-alive connections to the C gateway, idle during the runs),
 # PERF=1 (C runs: context switches and syscalls per request of gateway, user-service and Redis,
 # counted by perf's software events; steadier than CPU time on a noisy host),
 # CALLGRIND=1 (gateway and user-service run under valgrind's callgrind: C runs report user-space
@@ -81,6 +82,10 @@ PID_GW=$!
 wait_port "$P_GW"
 GW=http://127.0.0.1:$P_GW
 for _ in $(seq 1 100); do curl -fs "$GW/ready" >/dev/null && break; sleep 0.1; done
+if [ -n "${IDLE_CONNS:-}" ]; then # many keep-alive clients that are idle besides wrk's busy ones
+  python3 "$here/idle.py" 127.0.0.1 "$P_GW" "$IDLE_CONNS" >>"$W/stack.log" 2>&1 & pids+=($!)
+  for _ in $(seq 1 100); do grep -q "idle.py:" "$W/stack.log" && break; sleep 0.1; done
+fi
 
 run() { # name url script [env...]
   local name=$1 url=$2 script=$3; shift 3
