@@ -309,8 +309,7 @@ typedef enum tag_kind {
     TAG_CALL_DONE,
     TAG_GENERIC_NEW,
     TAG_GENERIC_DONE,
-    TAG_CALL_CONTINUE, /* rpc_continue: run c->cont on a worker thread */
-    TAG_CALL_CLOSED,   /* rpc_watch_cancel's RECV_CLOSE_ON_SERVER (srv_call.close_tag) */
+    TAG_CALL_CLOSED, /* rpc_watch_cancel's RECV_CLOSE_ON_SERVER (srv_call.close_tag) */
     TAG_SHUTDOWN
 } tag_kind;
 
@@ -331,7 +330,8 @@ typedef struct srv_call {
     grpc_call_details details; /* unknown methods only */
     rpc_ctx ctx;
     const ProtobufCMessage *req; /* the unpacked request (ctx->arena), for rpc_continue */
-    rpc_handler cont;            /* what TAG_CALL_CONTINUE runs */
+    rpc_handler cont;            /* what a worker runs next (blocking handler, rpc_continue) */
+    struct srv_call *wnext;      /* the workers' queue */
     int64_t start_ns;
     int cancelled;
     /* rpc_watch_cancel: RECV_CLOSE_ON_SERVER in its own batch, tagged with close_tag; the call
@@ -357,8 +357,18 @@ struct rpc_server {
     grpc_completion_queue *cq;
     srv_method *methods;
     size_t nmethods;
+    /* One thread polls the completion queue: every arrival, completion and nonblocking handler.
+     * Handlers that block run on the workers (nthreads), fed by a queue: two threads polling one
+     * queue hand the polling back and forth with a futex wake per event. */
+    pthread_t poller;
+    bool poller_started;
     int nthreads;
     pthread_t *tids;
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    struct srv_call *whead, *wtail;
+    int widle;  /* workers waiting on wcv */
+    bool wstop; /* workers exit once the queue is empty */
     int port;
     int max_msg, max_inflight;
     char *addr, *service_name;
@@ -574,6 +584,23 @@ static err_code check_result(srv_call *c, int raw, ProtobufCMessage **resp, err_
     return ERR_OK;
 }
 
+/* Queues c for a worker, which runs fn(ctx, req) as a handler. */
+static void work_push(srv_call *c, rpc_handler fn)
+{
+    rpc_server *s = c->s;
+    c->cont = fn;
+    c->wnext = NULL;
+    pthread_mutex_lock(&s->wmu);
+    if (s->wtail)
+        s->wtail->wnext = c;
+    else
+        s->whead = c;
+    s->wtail = c;
+    if (s->widle > 0)
+        pthread_cond_signal(&s->wcv);
+    pthread_mutex_unlock(&s->wmu);
+}
+
 /* Runs the handler (or the refusal) and fills code/e/response; RPC_PENDING = answered later. */
 static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
 {
@@ -607,6 +634,10 @@ static err_code dispatch(srv_call *c, err_info *e, ProtobufCMessage **resp)
         return err_set(e, ERR_INVALID_ARGUMENT, "malformed request message (%s)", m->m.req->name);
     c->req = req;
 
+    if (!m->m.nonblocking) {
+        work_push(c, m->m.handler);
+        return RPC_PENDING;
+    }
     *resp = NULL;
     int raw = (int)m->m.handler(ctx, req, resp, e);
     return check_result(c, raw, resp, e);
@@ -746,20 +777,10 @@ void rpc_reply(rpc_ctx *ctx, err_code code, ProtobufCMessage *resp, const err_in
 
 void rpc_continue(rpc_ctx *ctx, rpc_handler fn)
 {
-    srv_call *c = call_of(ctx);
-    c->cont = fn;
-    c->kind = TAG_CALL_CONTINUE;
-    /* A batch of no operations completes at once on the call's queue: a worker picks it up. */
-    grpc_call_error r = grpc_call_start_batch(c->call, NULL, 0, c, NULL);
-    if (r != GRPC_CALL_OK) {
-        err_info e;
-        err_clear(&e);
-        err_set(&e, ERR_INTERNAL, "rpc_continue: start_batch failed (%d)", (int)r);
-        send_reply(c, ERR_INTERNAL, NULL, &e);
-    }
+    work_push(call_of(ctx), fn);
 }
 
-/* TAG_CALL_CONTINUE on a worker: the handler's blocking part. */
+/* On a worker: a blocking handler, or the blocking part of an asynchronous one. */
 static void on_call_continue(srv_call *c)
 {
     err_info e;
@@ -884,6 +905,31 @@ static void *worker(void *arg)
     rpc_server *s = arg;
     pthread_setname_np(pthread_self(), "rpc-worker"); /* top -H, perf, gdb */
     for (;;) {
+        pthread_mutex_lock(&s->wmu);
+        while (!s->whead && !s->wstop) {
+            s->widle++;
+            pthread_cond_wait(&s->wcv, &s->wmu);
+            s->widle--;
+        }
+        srv_call *c = s->whead;
+        if (c) {
+            s->whead = c->wnext;
+            if (!s->whead)
+                s->wtail = NULL;
+        }
+        pthread_mutex_unlock(&s->wmu);
+        if (!c)
+            break; /* stopping, and nothing left */
+        on_call_continue(c);
+    }
+    return NULL;
+}
+
+static void *poller(void *arg)
+{
+    rpc_server *s = arg;
+    pthread_setname_np(pthread_self(), "rpc-poll");
+    for (;;) {
         grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
@@ -918,9 +964,6 @@ static void *worker(void *arg)
         case TAG_CALL_DONE:
             on_call_done(c);
             break;
-        case TAG_CALL_CONTINUE:
-            on_call_continue(c);
-            break;
         case TAG_GENERIC_DONE:
             on_generic_done(c);
             break;
@@ -951,6 +994,8 @@ rpc_server *rpc_server_new(const rpc_server_opts *opts, const rpc_method *method
     rpc_server *s = xcalloc(1, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->wcv, NULL);
     s->shutdown_tag = TAG_SHUTDOWN;
     s->nthreads = opts->threads > 0 ? opts->threads : 2;
     s->max_msg = opts->max_message_bytes > 0 ? opts->max_message_bytes : 4 * 1024 * 1024;
@@ -990,6 +1035,7 @@ rpc_server *rpc_server_new(const rpc_server_opts *opts, const rpc_method *method
         h->m.req = &grpc__health__v1__health_check_request__descriptor;
         h->m.resp = &grpc__health__v1__health_check_response__descriptor;
         h->m.handler = health_check;
+        h->m.nonblocking = true;
         h->health = true;
     }
     for (size_t i = 0; i < s->nmethods; i++) {
@@ -1038,14 +1084,25 @@ err_code rpc_server_start(rpc_server *s, err_info *e)
     for (int i = 0; i < s->nthreads; i++) {
         int rc = pthread_create(&s->tids[i], NULL, worker, s);
         if (rc != 0) {
-            /* Fewer workers still serve; none would hang every call. */
+            /* Fewer workers still serve; none would hang every blocking call. */
             log_error(NULL, "rpc_server: cannot start worker %d: %s", i, strerror(rc));
             s->nthreads = i;
             break;
         }
     }
-    if (s->nthreads == 0)
-        return err_set(e, ERR_INTERNAL, "rpc_server: no worker thread could be started");
+    int rc = s->nthreads == 0 ? -1 : pthread_create(&s->poller, NULL, poller, s);
+    if (rc != 0) {
+        /* Nothing would answer: stop the workers again; rpc_server_free still drains the queue. */
+        pthread_mutex_lock(&s->wmu);
+        s->wstop = true;
+        pthread_cond_broadcast(&s->wcv);
+        pthread_mutex_unlock(&s->wmu);
+        for (int i = 0; i < s->nthreads; i++)
+            pthread_join(s->tids[i], NULL);
+        s->nthreads = 0;
+        return err_set(e, ERR_INTERNAL, "rpc_server: cannot start its threads");
+    }
+    s->poller_started = true;
     atomic_store(&s->serving, true);
     return ERR_OK;
 }
@@ -1106,8 +1163,8 @@ void rpc_server_shutdown(rpc_server *s, int grace_ms)
     atomic_store(&s->shutting_down, true);
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
 
-    if (!s->started) {
-        /* No workers: drain the queue here until the shutdown tag is back. */
+    if (!s->poller_started) {
+        /* Nothing polls: drain the queue here until the shutdown tag is back. */
         for (;;) {
             grpc_event ev =
                 grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -1139,6 +1196,12 @@ void rpc_server_shutdown(rpc_server *s, int grace_ms)
         wait_drained(s, NULL);
     }
     grpc_completion_queue_shutdown(s->cq);
+    pthread_join(s->poller, NULL);
+    /* Every call is gone (wait_drained), so the workers' queue is empty. */
+    pthread_mutex_lock(&s->wmu);
+    s->wstop = true;
+    pthread_cond_broadcast(&s->wcv);
+    pthread_mutex_unlock(&s->wmu);
     for (int i = 0; i < s->nthreads; i++)
         pthread_join(s->tids[i], NULL);
     s->stopped = true;
@@ -1157,6 +1220,8 @@ void rpc_server_free(rpc_server *s)
     free(s->service_name);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->wmu);
+    pthread_cond_destroy(&s->wcv);
     free(s);
     grpc_shutdown();
 }

@@ -529,26 +529,32 @@ static err_code h_jwks(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage
     return ERR_OK;
 }
 
-#define M(name, req, resp, h)                                                                      \
+/* B: the handler blocks (a worker runs it); NB: it answers from memory (the polling thread). */
+#define M(name, req, resp, h, nb)                                                                  \
     {                                                                                              \
-        "/auth.v1.AuthService/" name, &req##__descriptor, &resp##__descriptor, h                   \
+        "/auth.v1.AuthService/" name, &req##__descriptor, &resp##__descriptor, h, nb               \
     }
+#define B false
+#define NB true
 const rpc_method auth_rpc_methods[] = {
-    M("Register", auth__v1__register_request, auth__v1__register_response, h_register),
-    M("Login", auth__v1__login_request, auth__v1__token_pair, h_login),
-    M("Refresh", auth__v1__refresh_request, auth__v1__token_pair, h_refresh),
-    M("Logout", auth__v1__logout_request, google__protobuf__empty, h_logout),
-    M("LogoutAll", auth__v1__logout_all_request, google__protobuf__empty, h_logout_all),
+    M("Register", auth__v1__register_request, auth__v1__register_response, h_register, B),
+    M("Login", auth__v1__login_request, auth__v1__token_pair, h_login, B),
+    M("Refresh", auth__v1__refresh_request, auth__v1__token_pair, h_refresh, B),
+    M("Logout", auth__v1__logout_request, google__protobuf__empty, h_logout, B),
+    M("LogoutAll", auth__v1__logout_all_request, google__protobuf__empty, h_logout_all, B),
     M("ChangePassword", auth__v1__change_password_request, google__protobuf__empty,
-      h_change_password),
+      h_change_password, B),
     M("ListSessions", auth__v1__list_sessions_request, auth__v1__list_sessions_response,
-      h_list_sessions),
-    M("RevokeSession", auth__v1__revoke_session_request, google__protobuf__empty, h_revoke_session),
+      h_list_sessions, B),
+    M("RevokeSession", auth__v1__revoke_session_request, google__protobuf__empty, h_revoke_session,
+      B),
     M("ValidateToken", auth__v1__validate_token_request, auth__v1__validate_token_response,
-      h_validate),
-    M("GetJwks", auth__v1__get_jwks_request, auth__v1__jwks, h_jwks),
+      h_validate, B),
+    M("GetJwks", auth__v1__get_jwks_request, auth__v1__jwks, h_jwks, NB),
 };
 #undef M
+#undef B
+#undef NB
 const size_t auth_rpc_nmethods = sizeof auth_rpc_methods / sizeof auth_rpc_methods[0];
 
 /* ---- start / stop ---- */

@@ -444,7 +444,7 @@ static err_code h_batch_check(rpc_ctx *ctx, const ProtobufCMessage *req, Protobu
 
 #define M(name, req, resp, fn)                                                                     \
     {                                                                                              \
-        "/permission.v1.PermissionService/" name, &req, &resp, fn                                  \
+        "/permission.v1.PermissionService/" name, &req, &resp, fn, false                           \
     }
 
 const rpc_method permission_rpc_methods[] = {

@@ -76,22 +76,32 @@ static err_code h_create(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
     return ERR_OK;
 }
 
-/* GetUser: the hottest read (every GET /v1/users/me). With cache_first the cache read is
- * asynchronous, so concurrent calls share Redis round trips and a call waiting for Redis holds no
- * RPC thread; a hit is answered from the cache thread, a miss comes back here through
- * rpc_continue (h_get_db) for the database. */
-static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, bool cache_first,
+/* GetUser: the hottest read (every GET /v1/users/me). It is registered nonblocking: h_get runs
+ * on the RPC polling thread and only starts the cache read, which is asynchronous, so concurrent
+ * calls share Redis round trips and a call waiting for Redis holds no thread; a hit is answered
+ * from the cache thread, a miss comes back through rpc_continue (h_get_db) for the database on a
+ * worker. Without the asynchronous cache (disabled, or its queue refused the read) the whole
+ * lookup goes to a worker (h_get_sync). */
+typedef enum get_mode { GET_ASYNC, GET_SYNC, GET_DB } get_mode;
+
+static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, get_mode mode,
                          ProtobufCMessage **resp, err_info *e);
 
 static err_code h_get_db(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
                          err_info *e)
 {
-    return get_user(ctx, m, false, resp, e);
+    return get_user(ctx, m, GET_DB, resp, e);
+}
+
+static err_code h_get_sync(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp,
+                           err_info *e)
+{
+    return get_user(ctx, m, GET_SYNC, resp, e);
 }
 
 static err_code h_get(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessage **resp, err_info *e)
 {
-    return get_user(ctx, m, true, resp, e);
+    return get_user(ctx, m, GET_ASYNC, resp, e);
 }
 
 /* On the cache thread: a hit is answered from here, a miss goes to a worker. */
@@ -104,7 +114,7 @@ static void on_cached_user(void *arg, err_code rc, const user_rec *u)
         rpc_continue(ctx, h_get_db);
 }
 
-static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, bool cache_first,
+static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, get_mode mode,
                          ProtobufCMessage **resp, err_info *e)
 {
     const User__V1__GetUserRequest *req = (const User__V1__GetUserRequest *)m;
@@ -112,14 +122,16 @@ static err_code get_user(rpc_ctx *ctx, const ProtobufCMessage *m, bool cache_fir
     if (!user_valid_uuid(req->id, id))
         return err_violation_add(e, "id", "must be a UUID");
     user_app *app = ctx->state;
-    if (cache_first &&
-        user_store_get_async(app->store, ctx->arena, id, &ctx->log, on_cached_user, ctx))
+    if (mode == GET_ASYNC) {
+        if (!user_store_get_async(app->store, ctx->arena, id, &ctx->log, on_cached_user, ctx))
+            rpc_continue(ctx, h_get_sync); /* this thread must not block */
         return RPC_PENDING;
+    }
     user_call call = call_of(ctx);
     user_rec u;
     /* After an asynchronous miss the cache was read already: the database only. */
-    err_code rc = cache_first ? user_service_get(svc_of(ctx), &call, ctx->arena, id, &u, e)
-                              : user_service_load(svc_of(ctx), &call, ctx->arena, id, &u, e);
+    err_code rc = mode == GET_SYNC ? user_service_get(svc_of(ctx), &call, ctx->arena, id, &u, e)
+                                   : user_service_load(svc_of(ctx), &call, ctx->arena, id, &u, e);
     if (rc)
         return done(ctx, rc, e);
     *resp = &user_rec_to_pb(ctx->arena, &u)->base;
@@ -293,18 +305,19 @@ static err_code h_delete(rpc_ctx *ctx, const ProtobufCMessage *m, ProtobufCMessa
 #define M(name) "/user.v1.UserService/" name
 const rpc_method user_rpc_methods[] = {
     {M("CreateUser"), &user__v1__create_user_request__descriptor, &user__v1__user__descriptor,
-     h_create},
-    {M("GetUser"), &user__v1__get_user_request__descriptor, &user__v1__user__descriptor, h_get},
+     h_create, false},
+    {M("GetUser"), &user__v1__get_user_request__descriptor, &user__v1__user__descriptor, h_get,
+     true},
     {M("GetUserByEmail"), &user__v1__get_user_by_email_request__descriptor,
-     &user__v1__user__descriptor, h_get_by_email},
+     &user__v1__user__descriptor, h_get_by_email, false},
     {M("BatchGetUsers"), &user__v1__batch_get_users_request__descriptor,
-     &user__v1__batch_get_users_response__descriptor, h_batch_get},
+     &user__v1__batch_get_users_response__descriptor, h_batch_get, false},
     {M("ListUsers"), &user__v1__list_users_request__descriptor,
-     &user__v1__list_users_response__descriptor, h_list},
+     &user__v1__list_users_response__descriptor, h_list, false},
     {M("UpdateUser"), &user__v1__update_user_request__descriptor, &user__v1__user__descriptor,
-     h_update},
+     h_update, false},
     {M("DeleteUser"), &user__v1__delete_user_request__descriptor,
-     &google__protobuf__empty__descriptor, h_delete},
+     &google__protobuf__empty__descriptor, h_delete, false},
 };
 const size_t user_rpc_nmethods = sizeof user_rpc_methods / sizeof user_rpc_methods[0];
 

@@ -51,7 +51,8 @@ typedef err_code (*rpc_handler)(rpc_ctx *ctx, const ProtobufCMessage *req, Proto
 void rpc_reply(rpc_ctx *ctx, err_code code, ProtobufCMessage *resp, const err_info *e);
 /* Runs fn(ctx, req, ...) on a worker thread as a normal handler (it may return RPC_PENDING
  * again): for the part of an asynchronous handler that blocks (e.g. a database query after a
- * cache miss answered on the cache thread). */
+ * cache miss answered on the cache thread). May be called from the handler itself, which then
+ * returns RPC_PENDING and touches ctx no more. */
 void rpc_continue(rpc_ctx *ctx, rpc_handler fn);
 
 /* For handlers that may wait long (password hashing): after rpc_watch_cancel (on the handler's
@@ -66,15 +67,20 @@ typedef struct rpc_method {
     const ProtobufCMessageDescriptor *req;
     const ProtobufCMessageDescriptor *resp;
     rpc_handler handler;
+    /* The handler never blocks: it answers at once from memory, or returns RPC_PENDING (and
+     * moves any blocking part to rpc_continue). It then runs on the thread that polls the
+     * completion queue, without a hand-off to a worker. Default (false): a worker runs it. */
+    bool nonblocking;
 } rpc_method;
 
 typedef struct rpc_server_opts {
     const char *addr;         /* "0.0.0.0:50052"; port 0 = pick one (see rpc_server_port) */
     const char *service_name; /* "user.v1.UserService", for Health/Check per service */
-    int threads;              /* worker threads polling the completion queue (default 2) */
-    int max_message_bytes;    /* receive/send cap (default 4 MiB) */
-    int max_inflight;         /* calls in flight above this → RESOURCE_EXHAUSTED (0 = 1000) */
-    void *state;              /* handed to handlers as ctx->state */
+    int threads; /* worker threads running handlers that block (default 2); one more thread
+                    polls the completion queue and runs the nonblocking ones */
+    int max_message_bytes; /* receive/send cap (default 4 MiB) */
+    int max_inflight;      /* calls in flight above this → RESOURCE_EXHAUSTED (0 = 1000) */
+    void *state;           /* handed to handlers as ctx->state */
     /* Optional: called once per finished call (any code, unknown methods included) on a worker
      * thread, e.g. to count calls and observe latency. Must be thread-safe and quick. */
     void (*on_call_done)(void *arg, const char *method, err_code code, double seconds);

@@ -92,10 +92,12 @@ static err_code handle_nested(rpc_ctx *ctx, const ProtobufCMessage *reqm, Protob
 }
 
 static const rpc_method methods[] = {
-    {M_GET, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, handle},
-    {M_WRITE, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, handle},
+    {M_GET, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, handle,
+     false},
+    {M_WRITE, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, handle,
+     false},
     {M_NEST, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor,
-     handle_nested},
+     handle_nested, false},
 };
 
 /* ---------- helpers ---------- */

@@ -305,6 +305,9 @@ static err_code echo(rpc_ctx *ctx, const ProtobufCMessage *reqm, ProtobufCMessag
 }
 
 const rpc_method echo_methods[] = {
-    {ECHO_METHOD, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, echo},
+    {ECHO_METHOD, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor, echo,
+     false},
+    {ECHO_INLINE_METHOD, &test__v1__echo_request__descriptor, &test__v1__echo_response__descriptor,
+     echo, true},
 };
 const size_t echo_nmethods = sizeof echo_methods / sizeof echo_methods[0];

@@ -12,6 +12,9 @@
 #include "test/v1/echo.pb-c.h"
 
 #define ECHO_METHOD "/test.v1.EchoService/Echo"
+/* The same handler registered nonblocking (it runs on the server's polling thread): call it in
+ * the asynchronous modes below, or with sleep_ms 0. */
+#define ECHO_INLINE_METHOD "/test.v1.EchoService/EchoInline"
 #define ECHO_SERVICE "test.v1.EchoService"
 
 /* Asynchronous answers (RPC_PENDING, rpc_reply, rpc_continue), chosen by the request's text

@@ -793,8 +793,8 @@ static void result_done(void *arg, err_code code, ProtobufCMessage *resp, const 
     pthread_mutex_unlock(&async_mu);
 }
 
-static void start_async_echo(rpc_client *c, async_result *s, const char *text, int delay_ms,
-                             int timeout_ms, atomic_int *finished)
+static void start_async_call(rpc_client *c, const char *method, async_result *s, const char *text,
+                             int delay_ms, int timeout_ms, atomic_int *finished)
 {
     memset(s, 0, sizeof *s);
     s->finished = finished;
@@ -806,10 +806,16 @@ static void start_async_echo(rpc_client *c, async_result *s, const char *text, i
     req.sleep_ms = delay_ms;
     rpc_call_opts o = {.deadline_ms = rpc_now_ms() + timeout_ms};
     err_info e;
-    CU_ASSERT_EQUAL(rpc_client_call_async(c, ECHO_METHOD, &req.base,
+    CU_ASSERT_EQUAL(rpc_client_call_async(c, method, &req.base,
                                           &test__v1__echo_response__descriptor, &o, s->a,
                                           result_done, s, &e),
                     ERR_OK);
+}
+
+static void start_async_echo(rpc_client *c, async_result *s, const char *text, int delay_ms,
+                             int timeout_ms, atomic_int *finished)
+{
+    start_async_call(c, ECHO_METHOD, s, text, delay_ms, timeout_ms, finished);
 }
 
 /* A blocking call of `text` answered after delay_ms; fail_code as in echo.proto. */
@@ -1058,6 +1064,63 @@ static void test_async_continue(void)
     async_srv_stop(&as);
 }
 
+static void test_nonblocking_method(void)
+{
+    /* One worker. A blocking handler runs on it; a method registered nonblocking runs on the
+     * polling thread, so it is answered while the worker is still busy. */
+    async_srv as;
+    CU_ASSERT_FATAL(async_srv_start(&as, 1));
+    arena *a = arena_new(0);
+    err_info e;
+    echo_async_seen seen;
+
+    /* Where each kind of handler runs: the async-reply mode records the handler's thread. */
+    atomic_int finished = 0;
+    async_result r1, r2;
+    start_async_call(as.c, ECHO_METHOD, &r1, ECHO_ASYNC_REPLY "blocking", 0, 10000, &finished);
+    CU_ASSERT_FATAL(wait_finished(&finished, 1, 10000));
+    echo_replier_seen(as.st.replier, &seen);
+    pthread_t worker_thread = seen.handler;
+    start_async_call(as.c, ECHO_INLINE_METHOD, &r2, ECHO_ASYNC_REPLY "inline", 0, 10000, &finished);
+    CU_ASSERT_FATAL(wait_finished(&finished, 2, 10000));
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT(!pthread_equal(seen.handler, worker_thread));
+    CU_ASSERT_EQUAL(r1.code, ERR_OK);
+    CU_ASSERT_EQUAL(r2.code, ERR_OK);
+    CU_ASSERT_STRING_EQUAL(r2.text, ECHO_ASYNC_REPLY "inline");
+
+    /* The worker sleeps 1.5 s in a blocking echo; the nonblocking call is answered first. */
+    atomic_int slow_done = 0, fast_done = 0;
+    async_result slow, fast;
+    start_async_call(as.c, ECHO_METHOD, &slow, "slow", 1500, 10000, &slow_done);
+    start_async_call(as.c, ECHO_INLINE_METHOD, &fast, ECHO_ASYNC_REPLY "fast", 0, 10000,
+                     &fast_done);
+    CU_ASSERT_FATAL(wait_finished(&fast_done, 1, 10000));
+    CU_ASSERT_EQUAL(atomic_load(&slow_done), 0);
+    CU_ASSERT_EQUAL(fast.code, ERR_OK);
+    CU_ASSERT(wait_finished(&slow_done, 1, 10000));
+    CU_ASSERT_EQUAL(slow.code, ERR_OK);
+    CU_ASSERT_STRING_EQUAL(slow.text, "slow");
+
+    /* rpc_continue from a nonblocking handler still runs the continuation on the worker. */
+    Test__V1__EchoRequest req = TEST__V1__ECHO_REQUEST__INIT;
+    req.text = ECHO_ASYNC_CONTINUE "via-inline";
+    ProtobufCMessage *m = NULL;
+    rpc_call_opts o = {.deadline_ms = rpc_now_ms() + 10000};
+    CU_ASSERT_EQUAL(rpc_client_call(as.c, ECHO_INLINE_METHOD, &req.base,
+                                    &test__v1__echo_response__descriptor, &o, a, &m, &e),
+                    ERR_OK);
+    echo_replier_seen(as.st.replier, &seen);
+    CU_ASSERT(pthread_equal(seen.continuation, worker_thread));
+
+    arena_free(r1.a);
+    arena_free(r2.a);
+    arena_free(slow.a);
+    arena_free(fast.a);
+    arena_free(a);
+    async_srv_stop(&as);
+}
+
 static void test_async_misuse(void)
 {
     /* Bad answers through rpc_reply (and from a continuation) are checked like a synchronous
@@ -1293,6 +1356,7 @@ int main(void)
         {"cancel", test_cancel},
         {"async_reply_error", test_async_reply_error},
         {"async_continue", test_async_continue},
+        {"nonblocking_method", test_nonblocking_method},
         {"async_misuse", test_async_misuse},
         {"async_shutdown", test_async_shutdown},
         {"async_on_call_done", test_async_on_call_done},
