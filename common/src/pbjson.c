@@ -456,28 +456,25 @@ static void puts_(enc *x, const char *s)
     put(x, s, strlen(s));
 }
 
-static void put_int(enc *x, int64_t v, bool quoted)
+/* An integer given as sign and magnitude; quoted as proto3 JSON writes 64-bit ones. */
+static void put_int(enc *x, bool neg, uint64_t mag, bool quoted)
 {
     char tmp[FMT_INT_MAX + 2];
     size_t n = 0;
     if (quoted)
         tmp[n++] = '"';
-    n += fmt_i64(tmp + n, v);
+    if (neg)
+        tmp[n++] = '-';
+    n += fmt_u64(tmp + n, mag);
     if (quoted)
         tmp[n++] = '"';
     put(x, tmp, n);
 }
 
-static void put_uint(enc *x, uint64_t v, bool quoted)
+static void put_signed(enc *x, int64_t v, bool quoted)
 {
-    char tmp[FMT_INT_MAX + 2];
-    size_t n = 0;
-    if (quoted)
-        tmp[n++] = '"';
-    n += fmt_u64(tmp + n, v);
-    if (quoted)
-        tmp[n++] = '"';
-    put(x, tmp, n);
+    /* The magnitude in unsigned arithmetic: -INT64_MIN overflows int64_t. */
+    put_int(x, v < 0, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, quoted);
 }
 
 /* ".123", ".123456" or ".123456789": the shortest of the three that holds nanos exactly (none
@@ -650,7 +647,7 @@ static void put_timestamp(enc *x, int64_t secs, int32_t nanos)
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    /* "YYYY-MM-DDThh:mm:ss: the clamp above keeps y within 0001..9999 */
+    /* '"YYYY-MM-DDThh:mm:ss': the clamp above keeps y within 0001..9999 */
     char tmp[21] = "\"0000-00-00T00:00:00";
     fmt_zpad(tmp + 1, (uint32_t)y, 4);
     fmt_zpad(tmp + 6, m, 2);
@@ -670,9 +667,8 @@ static void put_duration(enc *x, int64_t secs, int32_t nanos)
     int32_t ns = nanos < 0 ? -nanos : nanos;
     if (ns > 999999999)
         ns = 999999999;
-    put(x, neg ? "\"-" : "\"", neg ? 2 : 1);
-    char tmp[FMT_INT_MAX];
-    put(x, tmp, fmt_u64(tmp, s));
+    putc_(x, '"');
+    put_int(x, neg, s, false);
     put_nanos(x, ns);
     put(x, "s\"", 2);
 }
@@ -703,20 +699,20 @@ static void enc_value(enc *x, ProtobufCType t, const void *desc, const void *p)
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
     case PROTOBUF_C_TYPE_SFIXED32:
-        put_int(x, *(const int32_t *)p, false);
+        put_signed(x, *(const int32_t *)p, false);
         break;
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-        put_uint(x, *(const uint32_t *)p, false);
+        put_int(x, false, *(const uint32_t *)p, false);
         break;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
-        put_int(x, *(const int64_t *)p, true);
+        put_signed(x, *(const int64_t *)p, true);
         break;
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-        put_uint(x, *(const uint64_t *)p, true);
+        put_int(x, false, *(const uint64_t *)p, true);
         break;
     case PROTOBUF_C_TYPE_FLOAT:
         put_double(x, *(const float *)p, true);
@@ -733,7 +729,7 @@ static void enc_value(enc *x, ProtobufCType t, const void *desc, const void *p)
         if (ev)
             put_str(x, ev->name, strlen(ev->name));
         else
-            put_int(x, v, false); /* open enum: a number we have no name for */
+            put_signed(x, v, false); /* open enum: a number we have no name for */
         break;
     }
     case PROTOBUF_C_TYPE_STRING: {

@@ -584,6 +584,17 @@ static err_code check_result(srv_call *c, int raw, ProtobufCMessage **resp, err_
     return ERR_OK;
 }
 
+/* Tells the workers to exit once their queue is empty, and joins them. */
+static void workers_stop(rpc_server *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    s->wstop = true;
+    pthread_cond_broadcast(&s->wcv);
+    pthread_mutex_unlock(&s->wmu);
+    for (int i = 0; i < s->nthreads; i++)
+        pthread_join(s->tids[i], NULL);
+}
+
 /* Queues c for a worker, which runs fn(ctx, req) as a handler. */
 static void work_push(srv_call *c, rpc_handler fn)
 {
@@ -1093,12 +1104,7 @@ err_code rpc_server_start(rpc_server *s, err_info *e)
     int rc = s->nthreads == 0 ? -1 : pthread_create(&s->poller, NULL, poller, s);
     if (rc != 0) {
         /* Nothing would answer: stop the workers again; rpc_server_free still drains the queue. */
-        pthread_mutex_lock(&s->wmu);
-        s->wstop = true;
-        pthread_cond_broadcast(&s->wcv);
-        pthread_mutex_unlock(&s->wmu);
-        for (int i = 0; i < s->nthreads; i++)
-            pthread_join(s->tids[i], NULL);
+        workers_stop(s);
         s->nthreads = 0;
         return err_set(e, ERR_INTERNAL, "rpc_server: cannot start its threads");
     }
@@ -1197,13 +1203,7 @@ void rpc_server_shutdown(rpc_server *s, int grace_ms)
     }
     grpc_completion_queue_shutdown(s->cq);
     pthread_join(s->poller, NULL);
-    /* Every call is gone (wait_drained), so the workers' queue is empty. */
-    pthread_mutex_lock(&s->wmu);
-    s->wstop = true;
-    pthread_cond_broadcast(&s->wcv);
-    pthread_mutex_unlock(&s->wmu);
-    for (int i = 0; i < s->nthreads; i++)
-        pthread_join(s->tids[i], NULL);
+    workers_stop(s); /* every call is gone (wait_drained): their queue is empty */
     s->stopped = true;
 }
 

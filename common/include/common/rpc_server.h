@@ -81,8 +81,8 @@ typedef struct rpc_server_opts {
     int max_message_bytes; /* receive/send cap (default 4 MiB) */
     int max_inflight;      /* calls in flight above this → RESOURCE_EXHAUSTED (0 = 1000) */
     void *state;           /* handed to handlers as ctx->state */
-    /* Optional: called once per finished call (any code, unknown methods included) on a worker
-     * thread, e.g. to count calls and observe latency. Must be thread-safe and quick. */
+    /* Optional: called once per finished call (any code, unknown methods included) on the
+     * polling thread, e.g. to count calls and observe latency. Must be thread-safe and quick. */
     void (*on_call_done)(void *arg, const char *method, err_code code, double seconds);
     void *on_call_done_arg;
 } rpc_server_opts;
