@@ -40,9 +40,10 @@ static const config_opt TABLE[] = {
     {"MAX_HEADER_BYTES", CONFIG_INT, O(max_header_bytes), "16384", 1024, 49152,
      "request header limit (→ 431)"},
     {"IDLE_TIMEOUT_SEC", CONFIG_INT, O(idle_timeout_sec), "30", 1, 3600,
-     "keep-alive connection idle limit"},
+     "keep-alive connection idle limit; also a body or an answer stalled this long"},
     {"HEADER_TIMEOUT_SEC", CONFIG_INT, O(header_timeout_sec), "10", 1, 3600,
-     "a new connection must deliver its first request's headers within this time"},
+     "a request's headers must arrive within this time of its first byte (of the accept for a "
+     "new connection)"},
     {"COOKIE_SECURE", CONFIG_BOOL, O(cookie_secure), "true", 0, 0,
      "Secure attribute on the refresh-token cookie (false only for local plain http)"},
     {"HTTP_THREADS", CONFIG_INT, O(http_threads), "2", 1, 256, "HTTP event-loop threads"},

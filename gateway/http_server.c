@@ -1,101 +1,53 @@
-/* http_server: libmicrohttpd (epoll, thread pool) in front of the gRPC services. Each request is a
- * small state machine: routed, token-verified and transcoded on the MHD thread, then suspended once
- * while its Redis step (revocation + rate limit, batched with other requests' by common/cache_mux),
+/* http_server: the request pipeline in front of the gRPC services, on gateway/httpd. Each request
+ * is a small state machine: routed, token-verified and transcoded on the HTTP loop's thread, then
+ * its Redis step (revocation + rate limit, batched with other requests' by common/cache_mux),
  * permission.Check and the route's RPC run on the mux and gRPC threads, each step starting the
- * next; the last one resumes the connection and the MHD thread answers. No thread waits on I/O.
- * Per-request memory lives in one arena freed when MHD completes it. */
+ * next; the last one writes the answer from where it runs. No thread waits on I/O. Per-request
+ * memory lives in one arena freed when the answer is written. */
 #include "http_server.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <microhttpd.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/fmt.h"
 #include "common/log.h"
 #include "common/pbjson.h"
 #include "errors.h"
+#include "httpd.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "middleware.h"
 #include "openapi.h"
 #include "permission/v1/permission.pb-c.h"
 #include "transcode.h"
 
-/* A TCP connection, tracked so that a client that has not delivered its first request's headers
- * within HEADER_TIMEOUT_SEC is cut off (MHD's own timeout is reset by every byte, so a slowloris
- * trickle would survive it). */
-typedef struct conn_track {
-    struct conn_track *prev, *next;
-    int fd;
-    int64_t start_ms;
-    atomic_bool got_headers;
-    /* While a request waits on a service (suspended, so MHD does not watch the socket): its
-     * cancel handle, fired by the reaper when the client hung up. Guarded by ct_mu. */
-    rpc_cancel *waiting;
-    int64_t waiting_since;
-} conn_track;
-
 struct http_server {
     http_deps d;
-    pthread_mutex_t ct_mu;
-    conn_track ct_head; /* sentinel of a circular list */
-    pthread_t reaper;
-    bool reaper_started;
-    atomic_bool stop;
-    atomic_int slow_cut;
-    struct MHD_Daemon *mhd;
+    httpd *h;
     int port;
     atomic_bool draining;
-    atomic_int inflight; /* requests MHD has not completed yet */
-    atomic_int refs;     /* request objects alive (MHD or a pending gRPC callback holds them) */
+    atomic_int inflight; /* requests not answered yet */
+    atomic_int refs;     /* request objects alive (the answer or a pending callback holds them) */
     char *openapi;
     size_t openapi_len;
     metrics_family *m_total, *m_duration, *m_rl, *m_gone;
 };
 
-typedef enum stage { ST_BODY, ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
-/* The reaper watches a suspended request's socket for the client hanging up (ct_mu held). */
-static conn_track *track_of(struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci ? ci->socket_context : NULL;
-}
+typedef enum stage { ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
 
-/* Set when the request suspends, cleared in on_completed (never earlier: a peek at a resumed
- * socket is harmless, and one lock per step is all this costs the hot path). */
-static void track_waiting(http_server *s, struct MHD_Connection *conn, rpc_cancel *c,
-                          int64_t since_ms)
-{
-    conn_track *ct = track_of(conn);
-    if (!ct)
-        return;
-    pthread_mutex_lock(&s->ct_mu);
-    ct->waiting = c;
-    ct->waiting_since = since_ms;
-    pthread_mutex_unlock(&s->ct_mu);
-}
-
-/* Where a suspended request is (ST_ASYNC): which step's completion comes next. */
+/* Where a request waiting on a service is (ST_ASYNC): which step's completion comes next. */
 typedef enum phase { PH_REDIS, PH_CHECK, PH_RPC } phase;
 
 #define READY_CHECKS SVC_COUNT
 
 typedef struct req {
     http_server *s;
-    struct MHD_Connection *conn;
+    httpd_req *hr; /* until the answer is written */
     arena *a;
-    pthread_mutex_t mu;
     atomic_int refs;
-    bool completed; /* MHD is done with the connection: never resume it */
     int64_t start_ms, deadline_ms;
     char request_id[129];
     char trace_id[33], span_id[17], traceparent[56];
@@ -104,9 +56,6 @@ typedef struct req {
     const char
         *authz; /* Authorization header (the bearer token stays here: services get x-actor-id) */
     routes_match m;
-    char *body;
-    size_t body_len, body_cap;
-    bool too_big;
     stage st;
     bool authed;
     jwt_claims claims;
@@ -122,18 +71,11 @@ typedef struct req {
     int rl_limit, ix_mget, ix_rl;
     /* The three error slots are arena copies made only on failure: an err_info is ~4 KiB, and
      * zeroing and copying them took more of a request than the route lookup. */
-    err_info *terr; /* a transcoding error, reported after the Redis step */
-    /* the answer decided off the MHD thread (ST_ASYNC): an error, else the RPC's response */
-    bool failed, fail_upstream;
-    int fail_status;
-    err_info *fail;
-    /* result of the asynchronous call(s) */
+    err_info *terr;    /* a transcoding error, reported after the Redis step */
     rpc_cancel cancel; /* fired when the client leaves first: the service stops working for it */
     atomic_int pending;
     routes_svc call_svc;
-    err_code rc;
     ProtobufCMessage *resp;
-    err_info *rerr; /* rc != ERR_OK */
     arena *ready_arena[READY_CHECKS];
     err_code ready_rc[READY_CHECKS];
     ProtobufCMessage *ready_resp[READY_CHECKS];
@@ -150,9 +92,7 @@ static void req_unref(req *q)
     http_server *s = q->s;
     for (int i = 0; i < READY_CHECKS; i++)
         arena_free(q->ready_arena[i]);
-    free(q->body);
     rpc_cancel_destroy(&q->cancel);
-    pthread_mutex_destroy(&q->mu);
     arena_free(q->a);
     free(q);
     atomic_fetch_sub(&s->refs, 1);
@@ -162,113 +102,97 @@ static void req_unref(req *q)
 
 static const char *hdr(req *q, const char *name)
 {
-    return MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, name);
+    return httpd_get(q->hr, name);
 }
 
-static void add_common_headers(req *q, struct MHD_Response *r)
+/* Status line and the headers every answer carries. */
+static void resp_begin(req *q, int status, const char *ctype, size_t len)
 {
-    MHD_add_response_header(r, "X-Request-Id", q->request_id);
-    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(r, "X-Frame-Options", "DENY");
-    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
-    MHD_add_response_header(r, "Content-Security-Policy", "default-src 'none'");
-    MHD_add_response_header(r, "Vary", "Origin");
+    httpd_req *r = q->hr;
+    q->status = status;
+    httpd_begin(r, status);
+    httpd_header(r, "X-Request-Id", q->request_id);
+    httpd_header(r, "X-Content-Type-Options", "nosniff");
+    httpd_header(r, "X-Frame-Options", "DENY");
+    httpd_header(r, "Referrer-Policy", "no-referrer");
+    httpd_header(r, "Content-Security-Policy", "default-src 'none'");
+    httpd_header(r, "Vary", "Origin");
     if (q->m.route && (q->m.route->flags & RF_NO_STORE)) {
-        MHD_add_response_header(r, "Cache-Control", "no-store");
-        MHD_add_response_header(r, "Pragma", "no-cache");
+        httpd_header(r, "Cache-Control", "no-store");
+        httpd_header(r, "Pragma", "no-cache");
     }
     if (q->origin) {
-        MHD_add_response_header(r, "Access-Control-Allow-Origin", q->origin);
-        MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
-        MHD_add_response_header(r, "Access-Control-Expose-Headers",
-                                "X-Request-Id, RateLimit-Limit, RateLimit-Remaining, "
-                                "RateLimit-Reset, Retry-After, WWW-Authenticate");
+        httpd_header(r, "Access-Control-Allow-Origin", q->origin);
+        httpd_header(r, "Access-Control-Allow-Credentials", "true");
+        httpd_header(r, "Access-Control-Expose-Headers",
+                     "X-Request-Id, RateLimit-Limit, RateLimit-Remaining, "
+                     "RateLimit-Reset, Retry-After, WWW-Authenticate");
     }
     if (q->rl_set) {
         char v[FMT_INT_MAX];
         fmt_i64(v, q->rl.limit);
-        MHD_add_response_header(r, "RateLimit-Limit", v);
+        httpd_header(r, "RateLimit-Limit", v);
         fmt_i64(v, q->rl.remaining);
-        MHD_add_response_header(r, "RateLimit-Remaining", v);
+        httpd_header(r, "RateLimit-Remaining", v);
         fmt_i64(v, q->rl.reset_s);
-        MHD_add_response_header(r, "RateLimit-Reset", v);
+        httpd_header(r, "RateLimit-Reset", v);
     }
-}
-
-static enum MHD_Result send_raw(req *q, int status, const char *body, size_t len, const char *ctype,
-                                struct MHD_Response **keep)
-{
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (!r)
-        return MHD_NO;
-    add_common_headers(q, r);
     if (ctype && len)
-        MHD_add_response_header(r, "Content-Type", ctype);
-    if (keep) {
-        *keep = r;
-        return MHD_YES;
-    }
-    q->status = status;
-    q->st = ST_DONE;
-    enum MHD_Result ok = MHD_queue_response(q->conn, (unsigned)status, r);
-    MHD_destroy_response(r);
-    return ok;
+        httpd_header(r, "Content-Type", ctype);
 }
 
-static enum MHD_Result finish(req *q, int status, struct MHD_Response *r)
+static void req_complete(req *q);
+
+/* The body; the request is over after (metrics, log, its memory). */
+static void resp_end(req *q, const char *body, size_t len)
 {
-    q->status = status;
     q->st = ST_DONE;
-    enum MHD_Result ok = MHD_queue_response(q->conn, (unsigned)status, r);
-    MHD_destroy_response(r);
-    return ok;
+    httpd_end(q->hr, body, len);
+    q->hr = NULL;
+    req_complete(q);
+}
+
+static void send_raw(req *q, int status, const char *body, size_t len, const char *ctype)
+{
+    resp_begin(q, status, ctype, len);
+    resp_end(q, body, len);
 }
 
 /* An error answer; http_status 0 = the code's own mapping. */
-static enum MHD_Result send_error(req *q, const err_info *e, int http_status, const char *allow)
+static void send_error(req *q, const err_info *e, int http_status, const char *allow)
 {
     size_t len = 0;
     char *body = errors_body(q->a, e, q->request_id, &len);
     int status = http_status ? http_status : errors_http_status(e->code);
-    struct MHD_Response *r = NULL;
-    if (send_raw(q, status, body, len, "application/json", &r) != MHD_YES)
-        return MHD_NO;
+    resp_begin(q, status, "application/json", len);
     if (status == 401)
-        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"identity\"");
+        httpd_header(q->hr, "WWW-Authenticate", "Bearer realm=\"identity\"");
     if (allow)
-        MHD_add_response_header(r, "Allow", allow);
+        httpd_header(q->hr, "Allow", allow);
     if (status == 429 || status == 503) {
         char v[FMT_INT_MAX];
         fmt_i64(v, e->retry_after_s > 0 ? e->retry_after_s : 1);
-        MHD_add_response_header(r, "Retry-After", v);
+        httpd_header(q->hr, "Retry-After", v);
     }
-    return finish(q, status, r);
+    resp_end(q, body, len);
 }
 
-static enum MHD_Result send_code(req *q, err_code code, int http_status, const char *msg)
+static void send_code(req *q, err_code code, int http_status, const char *msg)
 {
     err_info e;
     err_clear(&e);
     err_set(&e, code, "%s", msg);
-    return send_error(q, &e, http_status, NULL);
+    send_error(q, &e, http_status, NULL);
 }
 
-static enum MHD_Result send_json(req *q, int status, const char *body, size_t len)
+static void send_json(req *q, int status, const char *body, size_t len)
 {
-    return send_raw(q, status, body, len, "application/json", NULL);
+    send_raw(q, status, body, len, "application/json");
 }
 
 /* ---------- asynchronous steps ---------- */
 
-/* The last step of a suspended request: the MHD thread answers when it runs the handler again. */
-static void async_resume(req *q)
-{
-    pthread_mutex_lock(&q->mu);
-    if (!q->completed)
-        MHD_resume_connection(q->conn);
-    pthread_mutex_unlock(&q->mu);
-}
+static void send_upstream_error(req *q, err_info *e);
 
 /* An error kept past the call that reported it, in the request's arena. */
 static err_info *err_copy(arena *a, const err_info *e)
@@ -278,14 +202,15 @@ static err_info *err_copy(arena *a, const err_info *e)
     return c;
 }
 
-/* Ends a suspended request with an error (from_upstream: scrub transport details first). */
+/* Ends a waiting request with an error, from the thread that found it (from_upstream: scrub
+ * transport details first). */
 static void async_fail(req *q, const err_info *e, int http_status, bool from_upstream)
 {
-    q->failed = true;
-    q->fail = err_copy(q->a, e);
-    q->fail_status = http_status;
-    q->fail_upstream = from_upstream;
-    async_resume(q);
+    err_info c = *e;
+    if (from_upstream)
+        send_upstream_error(q, &c);
+    else
+        send_error(q, &c, http_status, NULL);
 }
 
 static void async_fail_code(req *q, err_code code, const char *msg)
@@ -309,8 +234,9 @@ static void fill_md(req *q, rpc_metadata *md)
 }
 
 static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e);
+static void respond_rpc(req *q, err_info *e);
 
-/* Starts a call for a suspended request; on_done runs when it completes (on a gRPC thread, or
+/* Starts a call for a waiting request; on_done runs when it completes (on a gRPC thread, or
  * right here when the call cannot start). */
 static void start_call(req *q, routes_svc svc, const char *method, const ProtobufCMessage *msg,
                        const ProtobufCMessageDescriptor *rd, phase ph)
@@ -398,16 +324,13 @@ static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_
             start_rpc(q);
         }
     } else {
-        q->rc = code;
         q->resp = resp;
-        if (code != ERR_OK)
-            q->rerr = err_copy(q->a, &ce);
-        async_resume(q);
+        respond_rpc(q, code != ERR_OK ? &ce : NULL);
     }
     req_unref(q);
 }
 
-/* The Redis step's verdict (on the mux thread, or on the MHD thread when there is no Redis work):
+/* The Redis step's verdict (on the mux thread, or on the loop thread when there is no Redis work):
  * revocation first (fail closed), then the rate limit, then a deferred transcoding error. */
 static void on_redis(void *arg, cache_reply **replies, const err_info *re)
 {
@@ -451,36 +374,17 @@ out:
 
 /* ---------- pipeline ---------- */
 
-static enum MHD_Result respond_rpc(req *q);
-static enum MHD_Result send_upstream_error(req *q, err_info *e);
-static enum MHD_Result serve_local(req *q);
-
-typedef struct collect {
-    transcode_kv *kv;
-    size_t n, cap;
-} collect;
-
-static enum MHD_Result collect_kv(void *cls, enum MHD_ValueKind kind, const char *key,
-                                  const char *value)
-{
-    collect *c = cls;
-    if (c->n < c->cap) {
-        c->kv[c->n].key = key;
-        c->kv[c->n].value = value;
-        c->n++;
-    }
-    return MHD_YES;
-}
+static void serve_local(req *q);
 
 /* Local token verification (signature, claims; cached). Answers and returns false on failure. */
-static bool verify_token(req *q, enum MHD_Result *ret)
+static bool verify_token(req *q)
 {
-    q->authz = hdr(q, MHD_HTTP_HEADER_AUTHORIZATION);
+    q->authz = hdr(q, "Authorization");
     const char *token = mw_bearer(q->authz);
     err_info e;
     err_clear(&e);
     if (!token) {
-        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "missing bearer token");
+        send_code(q, ERR_UNAUTHENTICATED, 0, "missing bearer token");
         return false;
     }
     err_code rc = authn_verify(q->s->d.an, token, &q->claims, &e);
@@ -491,12 +395,12 @@ static bool verify_token(req *q, enum MHD_Result *ret)
     if (rc == ERR_OK)
         return true;
     if (rc == ERR_NOT_FOUND) {
-        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "invalid access token");
+        send_code(q, ERR_UNAUTHENTICATED, 0, "invalid access token");
     } else if (rc == ERR_UNAVAILABLE) {
         e.retry_after_s = 1;
-        *ret = send_error(q, &e, 0, NULL);
+        send_error(q, &e, 0, NULL);
     } else {
-        *ret = send_code(q, ERR_UNAUTHENTICATED, 0, "invalid or expired access token");
+        send_code(q, ERR_UNAUTHENTICATED, 0, "invalid or expired access token");
     }
     return false;
 }
@@ -508,25 +412,18 @@ static void transcode(req *q)
     const routes_route *r = q->m.route;
     char cookie[1024];
     char etag[256];
-    collect c = {NULL, 0, 0};
-    int nq = MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL);
-    if (nq > 0) {
-        c.kv = arena_alloc(q->a, (size_t)nq * sizeof *c.kv);
-        c.cap = (size_t)nq;
-        MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, collect_kv, &c);
-    }
     transcode_input in = {0};
-    in.body = q->body;
-    in.body_len = q->body_len;
-    in.query = c.kv;
-    in.nquery = c.n;
+    in.body = q->hr->body;
+    in.body_len = q->hr->body_len;
+    in.query = q->hr->query;
+    in.nquery = q->hr->nquery;
     const char *im = hdr(q, "If-Match");
     if (im) {
         mw_etag_from_if_match(im, etag, sizeof etag);
         in.if_match = etag;
     }
     if ((r->flags & RF_READ_COOKIE) &&
-        mw_cookie_get(hdr(q, MHD_HTTP_HEADER_COOKIE), "refresh_token", cookie, sizeof cookie))
+        mw_cookie_get(hdr(q, "Cookie"), "refresh_token", cookie, sizeof cookie))
         in.cookie_refresh = cookie;
     if (r->auth == AUTH_SIGNED_IN) {
         in.sub = q->claims.sub;
@@ -539,32 +436,30 @@ static void transcode(req *q)
         q->terr = err_copy(q->a, &te);
 }
 
-static enum MHD_Result send_no_route(req *q)
+static void send_no_route(req *q)
 {
     if (q->m.allow[0]) {
         err_info e;
         err_clear(&e);
         err_set(&e, ERR_UNIMPLEMENTED, "method %s not allowed on this path", q->method);
-        return send_error(q, &e, 405, q->m.allow);
+        send_error(q, &e, 405, q->m.allow);
+        return;
     }
-    return send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
+    send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
 }
 
-static enum MHD_Result process(req *q)
+static void process(req *q)
 {
     const routes_route *r = q->m.route;
     const gw_config *cfg = q->s->d.cfg;
-    if (!r)
-        return send_no_route(q);
-    if (q->too_big)
-        return send_code(q, ERR_RESOURCE_EXHAUSTED, 413, "request body too large");
-    if (r->local != LOCAL_NONE)
-        return serve_local(q);
+    if (r->local != LOCAL_NONE) {
+        serve_local(q);
+        return;
+    }
 
     /* 1. the token, locally */
-    enum MHD_Result ret = MHD_YES;
-    if (r->auth == AUTH_SIGNED_IN && !verify_token(q, &ret))
-        return ret;
+    if (r->auth == AUTH_SIGNED_IN && !verify_token(q))
+        return;
 
     /* 2. which rate limit: per user when signed in, else per client IP */
     if (r->auth == AUTH_SIGNED_IN) {
@@ -584,8 +479,8 @@ static enum MHD_Result process(req *q)
     /* 3. the request message */
     transcode(q);
 
-    /* 4. suspend; revocation and rate limit in one Redis job, then authorization and the RPC run
-     * off this thread, each step starting the next */
+    /* 4. revocation and rate limit in one Redis job, then authorization and the RPC run off this
+     * thread, each step starting the next; q is not touched here after the submit */
     cache_mux_cmd cmds[2];
     int n = 0;
     q->ix_mget = q->ix_rl = -1;
@@ -601,8 +496,6 @@ static enum MHD_Result process(req *q)
     }
     q->st = ST_ASYNC;
     q->ph = PH_REDIS;
-    track_waiting(q->s, q->conn, &q->cancel, q->start_ms);
-    MHD_suspend_connection(q->conn);
     atomic_fetch_add(&q->refs, 1);
     err_info e;
     err_clear(&e);
@@ -614,23 +507,11 @@ static enum MHD_Result process(req *q)
             e.code = ERR_UNAVAILABLE;
         on_redis(q, NULL, &e);
     }
-    return MHD_YES;
-}
-
-/* The MHD thread again, after the last asynchronous step resumed the connection. */
-static enum MHD_Result answer_async(req *q)
-{
-    if (q->failed) {
-        if (q->fail_upstream)
-            return send_upstream_error(q, q->fail);
-        return send_error(q, q->fail, q->fail_status, NULL);
-    }
-    return respond_rpc(q);
 }
 
 /* Upstream failures carry transport details (addresses, library errors): keep them in the log,
  * give the client a stable message. */
-static enum MHD_Result send_upstream_error(req *q, err_info *e)
+static void send_upstream_error(req *q, err_info *e)
 {
     switch (e->code) {
     case ERR_UNAVAILABLE:
@@ -655,24 +536,20 @@ static enum MHD_Result send_upstream_error(req *q, err_info *e)
     default:
         break;
     }
-    return send_error(q, e, 0, NULL);
+    send_error(q, e, 0, NULL);
 }
 
-static enum MHD_Result respond_rpc(req *q)
+/* The route's RPC finished (e: its error, NULL on success): the answer, from the gRPC thread. */
+static void respond_rpc(req *q, err_info *e)
 {
     const routes_route *r = q->m.route;
-    if (q->rc != ERR_OK)
-        return send_upstream_error(q, q->rerr);
-    struct MHD_Response *resp = NULL;
-    if (r->status == 204) {
-        if (send_raw(q, 204, "", 0, NULL, &resp) != MHD_YES)
-            return MHD_NO;
-    } else {
-        size_t len = 0;
-        char *json = pbjson_encode(q->resp, NULL, q->a, &len);
-        if (send_raw(q, r->status, json, len, "application/json", &resp) != MHD_YES)
-            return MHD_NO;
+    if (e) {
+        send_upstream_error(q, e);
+        return;
     }
+    size_t len = 0;
+    char *json = r->status == 204 ? "" : pbjson_encode(q->resp, NULL, q->a, &len);
+    resp_begin(q, r->status, "application/json", len);
     const gw_config *cfg = q->s->d.cfg;
     char cookie[2048];
     if ((r->flags & RF_SET_COOKIE) && q->resp) {
@@ -682,23 +559,25 @@ static enum MHD_Result respond_rpc(req *q)
         int max_age = f ? *(const int32_t *)((const char *)q->resp + f->offset) : 0;
         if (*tok && strlen(tok) < 1500) {
             mw_refresh_cookie(cookie, sizeof cookie, tok, max_age, cfg->cookie_secure);
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+            httpd_header(q->hr, "Set-Cookie", cookie);
         }
     }
     if (r->flags & RF_CLEAR_COOKIE) {
         mw_refresh_cookie(cookie, sizeof cookie, "", 0, cfg->cookie_secure);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+        httpd_header(q->hr, "Set-Cookie", cookie);
     }
-    return finish(q, r->status, resp);
+    resp_end(q, json, len);
 }
 
 /* ---------- local routes ---------- */
 
-/* One of /ready's probes finished: the last one resumes the connection. */
+static void finish_ready(req *q);
+
+/* One of /ready's probes finished: the last one answers. */
 static void ready_step_done(req *q)
 {
     if (atomic_fetch_sub(&q->pending, 1) == 1)
-        async_resume(q);
+        finish_ready(q);
     req_unref(q);
 }
 
@@ -729,8 +608,8 @@ static void start_ready(req *q)
     static const char HEALTH[] = "/grpc.health.v1.Health/Check";
     static const char *ping[] = {"PING"};
     q->st = ST_WAIT_READY;
-    atomic_store(&q->pending, READY_CHECKS + 1);
-    MHD_suspend_connection(q->conn);
+    /* one more than the probes: the last probe cannot answer while this loop still uses q */
+    atomic_store(&q->pending, READY_CHECKS + 2);
     atomic_fetch_add(&q->refs, 1);
     cache_mux_cmd pc = {1, ping, NULL};
     err_info pe;
@@ -756,9 +635,11 @@ static void start_ready(req *q)
                                   q->ready_arena[i], on_ready_done, ra, &e) != ERR_OK)
             on_ready_done(ra, e.code ? e.code : ERR_UNAVAILABLE, NULL, &e);
     }
+    atomic_fetch_add(&q->refs, 1);
+    ready_step_done(q);
 }
 
-static enum MHD_Result finish_ready(req *q)
+static void finish_ready(req *q)
 {
     bool ok = !atomic_load(&q->s->draining);
     char body[512];
@@ -787,46 +668,42 @@ static enum MHD_Result finish_ready(req *q)
             breaker_state_name(breaker_state_get(upstream_breaker(q->s->d.up, (routes_svc)i))));
     n += (size_t)snprintf(body + n, sizeof body - n, "},\"status\":\"%s\"}",
                           ok ? "SERVING" : "NOT_SERVING");
-    return send_json(q, ok ? 200 : 503, body, n);
+    send_json(q, ok ? 200 : 503, body, n);
 }
 
-static enum MHD_Result serve_local(req *q)
+static void serve_local(req *q)
 {
     switch (q->m.route->local) {
     case LOCAL_HEALTH:
         if (atomic_load(&q->s->draining))
-            return send_json(q, 503, "{\"status\":\"NOT_SERVING\"}", 24);
-        return send_json(q, 200, "{\"status\":\"SERVING\"}", 20);
+            send_json(q, 503, "{\"status\":\"NOT_SERVING\"}", 24);
+        else
+            send_json(q, 200, "{\"status\":\"SERVING\"}", 20);
+        return;
     case LOCAL_READY:
         start_ready(q);
-        return MHD_YES;
+        return;
     case LOCAL_METRICS: {
-        if (q->s->d.cfg->metrics_addr && *q->s->d.cfg->metrics_addr)
-            return send_code(q, ERR_NOT_FOUND, 404, "metrics are served on METRICS_ADDR");
+        if (q->s->d.cfg->metrics_addr && *q->s->d.cfg->metrics_addr) {
+            send_code(q, ERR_NOT_FOUND, 404, "metrics are served on METRICS_ADDR");
+            return;
+        }
         size_t len = 0;
         char *text = metrics_render(q->s->d.metrics, &len);
-        enum MHD_Result x =
-            send_raw(q, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL);
+        send_raw(q, 200, text, len, "text/plain; version=0.0.4; charset=utf-8");
         free(text);
-        return x;
+        return;
     }
     case LOCAL_OPENAPI:
-        return send_json(q, 200, q->s->openapi, q->s->openapi_len);
+        send_json(q, 200, q->s->openapi, q->s->openapi_len);
+        return;
     case LOCAL_NONE:
         break;
     }
-    return send_code(q, ERR_NOT_FOUND, 0, "not found");
+    send_code(q, ERR_NOT_FOUND, 0, "not found");
 }
 
-/* ---------- MHD callbacks ---------- */
-
-static enum MHD_Result sum_headers(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
-{
-    size_t *n = cls;
-    *n += strlen(key) + (value ? strlen(value) : 0) + 4;
-    return MHD_YES;
-}
+/* ---------- the server's callbacks ---------- */
 
 static const char *method_label(const char *m)
 {
@@ -838,99 +715,99 @@ static const char *method_label(const char *m)
     return "OTHER";
 }
 
-static req *req_new(http_server *s, struct MHD_Connection *conn, const char *url,
-                    const char *method)
+static req *req_new(http_server *s, httpd_req *hr)
 {
     req *q = xcalloc(1, sizeof *q);
     q->s = s;
-    q->conn = conn;
+    q->hr = hr;
     q->a = arena_new(0);
-    pthread_mutex_init(&q->mu, NULL);
     rpc_cancel_init(&q->cancel);
     atomic_store(&q->refs, 1);
     atomic_fetch_add(&s->refs, 1);
     q->start_ms = rpc_now_ms();
     q->deadline_ms = q->start_ms + s->d.cfg->request_timeout_ms;
-    q->method = method_label(method);
-    q->path = arena_strdup(q->a, url);
-    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    q->method = method_label(hr->method);
+    q->path = arena_strdup(q->a, hr->path);
+    const char *rid = httpd_get(hr, "X-Request-Id");
     if (mw_request_id_sane(rid))
         snprintf(q->request_id, sizeof q->request_id, "%s", rid);
     else
         mw_request_id_new(q->request_id);
-    mw_traceparent(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"), q->trace_id,
-                   q->span_id, q->traceparent);
-    const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+    mw_traceparent(httpd_get(hr, "traceparent"), q->trace_id, q->span_id, q->traceparent);
+    const char *ua = httpd_get(hr, "User-Agent");
     q->user_agent = ua ? arena_strndup(q->a, ua, 512) : "";
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    q->client_ip[0] = 0;
-    if (ci && ci->client_addr) {
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, q->client_ip,
-                      sizeof q->client_ip);
-        else if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, q->client_ip,
-                      sizeof q->client_ip);
-    }
-    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    snprintf(q->client_ip, sizeof q->client_ip, "%s", hr->client_ip ? hr->client_ip : "");
+    const char *origin = httpd_get(hr, "Origin");
     if (origin && mw_cors_allowed(s->d.cfg->cors_origins, origin))
         q->origin = arena_strdup(q->a, origin);
     return q;
 }
 
-/* First call for a request: everything that can be decided from the headers alone. Returns
- * MHD_YES with q->st == ST_BODY to go on reading the body. */
-static enum MHD_Result on_headers(req *q, const char *method)
+/* A request the server could not read whole (httpd_req.error). */
+static void send_http_error(req *q, int status)
 {
-    http_server *s = q->s;
-    size_t hsize = 0;
-    MHD_get_connection_values(q->conn, MHD_HEADER_KIND, sum_headers, &hsize);
-    if (hsize > (size_t)s->d.cfg->max_header_bytes)
-        return send_code(q, ERR_RESOURCE_EXHAUSTED, 431, "request header fields too large");
+    switch (status) {
+    case 413:
+        send_code(q, ERR_RESOURCE_EXHAUSTED, 413, "request body too large");
+        break;
+    case 431:
+        send_code(q, ERR_RESOURCE_EXHAUSTED, 431, "request header fields too large");
+        break;
+    case 501:
+        send_code(q, ERR_UNIMPLEMENTED, 501, "transfer coding not supported");
+        break;
+    case 505:
+        send_code(q, ERR_UNIMPLEMENTED, 505, "HTTP version not supported");
+        break;
+    default:
+        send_code(q, ERR_INVALID_ARGUMENT, 400, "malformed HTTP request");
+        break;
+    }
+}
 
-    bool preflight = strcmp(method, "OPTIONS") == 0;
-    routes_find(preflight ? "\x01" : method, q->path, &q->m);
+/* What can be decided from the head alone; then the pipeline. */
+static void on_request(void *ud, httpd_req *hr)
+{
+    http_server *s = ud;
+    req *q = req_new(s, hr);
+    hr->user = q;
+    atomic_fetch_add(&s->inflight, 1);
+    q->st = ST_DONE;
+    if (hr->error) {
+        send_http_error(q, hr->error);
+        return;
+    }
+    size_t hsize = 0;
+    for (size_t i = 0; i < hr->nheaders; i++)
+        hsize += strlen(hr->headers[i].key) + strlen(hr->headers[i].value) + 4;
+    if (hsize > (size_t)s->d.cfg->max_header_bytes) {
+        send_code(q, ERR_RESOURCE_EXHAUSTED, 431, "request header fields too large");
+        return;
+    }
+
+    bool preflight = strcmp(hr->method, "OPTIONS") == 0;
+    routes_find(preflight ? "\x01" : hr->method, q->path, &q->m);
     if (preflight) {
-        if (!q->m.allow[0])
-            return send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
-        struct MHD_Response *r = NULL;
-        if (send_raw(q, 204, "", 0, NULL, &r) != MHD_YES)
-            return MHD_NO;
+        if (!q->m.allow[0]) {
+            send_code(q, ERR_NOT_FOUND, 404, "no route for this path");
+            return;
+        }
+        resp_begin(q, 204, NULL, 0);
         char allow[80];
         snprintf(allow, sizeof allow, "%s, OPTIONS", q->m.allow);
-        MHD_add_response_header(r, "Allow", allow);
+        httpd_header(hr, "Allow", allow);
         if (q->origin) {
-            MHD_add_response_header(r, "Access-Control-Allow-Methods", allow);
-            MHD_add_response_header(
-                r, "Access-Control-Allow-Headers",
-                "Authorization, Content-Type, X-Request-Id, If-Match, traceparent");
-            MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+            httpd_header(hr, "Access-Control-Allow-Methods", allow);
+            httpd_header(hr, "Access-Control-Allow-Headers",
+                         "Authorization, Content-Type, X-Request-Id, If-Match, traceparent");
+            httpd_header(hr, "Access-Control-Max-Age", "600");
         }
-        return finish(q, 204, r);
+        resp_end(q, "", 0);
+        return;
     }
     if (!q->m.route) {
-        /* Without a body the answer waits for the final call, so the connection stays alive
-         * (a response queued before the body is read makes MHD close the connection). */
-        const char *clen =
-            MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        bool no_body = !MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
-                                                    MHD_HTTP_HEADER_TRANSFER_ENCODING) &&
-                       (!clen || strcmp(clen, "0") == 0);
-        if (no_body) {
-            q->st = ST_BODY;
-            return MHD_YES;
-        }
-        return send_no_route(q);
-    }
-    const char *cl =
-        MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-        char *end = NULL;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (end != cl && v > (unsigned long long)s->d.cfg->max_body_bytes)
-            return send_code(q, ERR_RESOURCE_EXHAUSTED, 413, "request body too large");
+        send_no_route(q);
+        return;
     }
     if (atomic_load(&s->draining) && q->m.route->local == LOCAL_NONE) {
         /* Keep-alive connections during shutdown: refuse new work politely. */
@@ -938,150 +815,29 @@ static enum MHD_Result on_headers(req *q, const char *method)
         err_clear(&e);
         err_set(&e, ERR_UNAVAILABLE, "shutting down");
         e.retry_after_s = 1;
-        return send_error(q, &e, 0, NULL);
+        send_error(q, &e, 0, NULL);
+        return;
     }
-    q->st = ST_BODY;
-    return MHD_YES;
+    process(q);
 }
 
-static void on_connection(void *cls, struct MHD_Connection *conn, void **sock_ctx,
-                          enum MHD_ConnectionNotificationCode toe)
+/* The client hung up while its request waits on a service (the server's loop thread): cancel the
+ * call, so the service drops work nobody waits for (e.g. auth's queued password hashes). The
+ * request still ends the usual way, its answer written to nobody. */
+static void on_gone(void *ud, httpd_req *hr)
 {
-    http_server *s = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        conn_track *ct = xcalloc(1, sizeof *ct);
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        ct->fd = ci ? ci->connect_fd : -1;
-        ct->start_ms = rpc_now_ms();
-        pthread_mutex_lock(&s->ct_mu);
-        ct->next = s->ct_head.next;
-        ct->prev = &s->ct_head;
-        s->ct_head.next->prev = ct;
-        s->ct_head.next = ct;
-        pthread_mutex_unlock(&s->ct_mu);
-        *sock_ctx = ct;
-    } else if (*sock_ctx) {
-        conn_track *ct = *sock_ctx;
-        pthread_mutex_lock(&s->ct_mu);
-        ct->prev->next = ct->next;
-        ct->next->prev = ct->prev;
-        pthread_mutex_unlock(&s->ct_mu);
-        free(ct);
-        *sock_ctx = NULL;
-    }
-}
-
-static void *reaper_main(void *arg)
-{
-    http_server *s = arg;
-    pthread_setname_np(pthread_self(), "gw-reaper"); /* top -H, perf, gdb */
-    int64_t limit = (int64_t)s->d.cfg->header_timeout_sec * 1000;
-    while (!atomic_load(&s->stop)) {
-        usleep(200000);
-        int64_t now = rpc_now_ms();
-        pthread_mutex_lock(&s->ct_mu);
-        for (conn_track *ct = s->ct_head.next; ct != &s->ct_head; ct = ct->next) {
-            if (!atomic_load(&ct->got_headers) && now - ct->start_ms > limit && ct->fd >= 0) {
-                /* shutdown, not close: MHD sees EOF and closes (and notifies) itself. */
-                shutdown(ct->fd, SHUT_RDWR);
-                atomic_store(&ct->got_headers, true);
-                atomic_fetch_add(&s->slow_cut, 1);
-            }
-            /* A suspended socket is MHD's to read but it is not watching: a peek that finds
-             * end-of-file (or a reset) means the client left; cancel the service call so the
-             * service stops working for nobody (e.g. auth drops the queued password hash). */
-            if (ct->waiting && now - ct->waiting_since >= 200 && ct->fd >= 0) {
-                char b;
-                ssize_t n = recv(ct->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (n == 0 ||
-                    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-                    rpc_cancel_fire(ct->waiting);
-                    ct->waiting = NULL;
-                    metrics_inc(s->m_gone, NULL);
-                }
-            }
-        }
-        pthread_mutex_unlock(&s->ct_mu);
-    }
-    return NULL;
-}
-
-static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
-                               const char *method, const char *version, const char *upload,
-                               size_t *upload_size, void **con_cls)
-{
-    http_server *s = cls;
-    req *q = *con_cls;
-    if (!q) {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-        if (ci && ci->socket_context)
-            atomic_store(&((conn_track *)ci->socket_context)->got_headers, true);
-        q = req_new(s, conn, url, method);
-        *con_cls = q;
-        atomic_fetch_add(&s->inflight, 1);
-        q->st = ST_DONE;
-        return on_headers(q, method);
-    }
-    if (q->st == ST_DONE) {
-        /* Answered from the headers; discard any body. */
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    if (*upload_size > 0) {
-        if (!q->too_big) {
-            if (q->body_len + *upload_size > (size_t)s->d.cfg->max_body_bytes) {
-                q->too_big = true;
-                free(q->body);
-                q->body = NULL;
-                q->body_len = 0;
-            } else {
-                if (q->body_len + *upload_size + 1 > q->body_cap) {
-                    size_t cap = q->body_cap ? q->body_cap * 2 : 4096;
-                    while (cap < q->body_len + *upload_size + 1)
-                        cap *= 2;
-                    q->body = xrealloc(q->body, cap);
-                    q->body_cap = cap;
-                }
-                memcpy(q->body + q->body_len, upload, *upload_size);
-                q->body_len += *upload_size;
-                q->body[q->body_len] = 0;
-            }
-        }
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    switch (q->st) {
-    case ST_BODY:
-        return process(q);
-    case ST_ASYNC:
-        return answer_async(q);
-    case ST_WAIT_READY:
-        return finish_ready(q);
-    case ST_DONE:
-        break;
-    }
-    return MHD_YES;
-}
-
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    http_server *s = cls;
-    req *q = *con_cls;
+    http_server *s = ud;
+    req *q = hr->user;
     if (!q)
         return;
-    *con_cls = NULL;
-    pthread_mutex_lock(&q->mu);
-    q->completed = true;
-    pthread_mutex_unlock(&q->mu);
-    /* Ended without an answer (client gone, timeout, shutdown): a call still in flight is
-     * cancelled, so the service drops work nobody waits for (auth's queued password hashes). */
-    track_waiting(s, conn, NULL, 0);
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        rpc_cancel_fire(&q->cancel);
+    rpc_cancel_fire(&q->cancel);
+    metrics_inc(s->m_gone, NULL);
+}
 
+/* After the answer: metrics, the access log line, and the request's memory. */
+static void req_complete(req *q)
+{
+    http_server *s = q->s;
     double dur = (double)(rpc_now_ms() - q->start_ms) / 1000.0;
     int status = q->status ? q->status : 499;
     char sc[FMT_INT_MAX];
@@ -1105,42 +861,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     req_unref(q);
 }
 
-static int parse_addr(const char *addr, struct sockaddr_in *sa)
-{
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    const char *colon = strrchr(addr, ':');
-    if (!colon)
-        return -1;
-    char host[64];
-    size_t hl = (size_t)(colon - addr);
-    if (hl >= sizeof host)
-        return -1;
-    memcpy(host, addr, hl);
-    host[hl] = 0;
-    char *end = NULL;
-    long port = strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || *end || port < 0 || port > 65535)
-        return -1;
-    sa->sin_port = htons((uint16_t)port);
-    if (hl == 0 || strcmp(host, "*") == 0)
-        snprintf(host, sizeof host, "0.0.0.0");
-    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
-        return -1;
-    return 0;
-}
-
 http_server *http_server_start(const http_deps *d, err_info *e)
 {
-    struct sockaddr_in sa;
-    if (parse_addr(d->cfg->listen_addr, &sa) != 0) {
-        err_set(e, ERR_INVALID_ARGUMENT, "LISTEN_ADDR: bad address '%s'", d->cfg->listen_addr);
-        return NULL;
-    }
     http_server *s = xcalloc(1, sizeof *s);
     s->d = *d;
-    pthread_mutex_init(&s->ct_mu, NULL);
-    s->ct_head.next = s->ct_head.prev = &s->ct_head;
     s->openapi = openapi_build(&s->openapi_len);
     static const char *const labels[] = {"method", "route", "status_code", NULL};
     s->m_total =
@@ -1156,27 +880,26 @@ http_server *http_server_start(const http_deps *d, err_info *e)
                                    "requests whose client hung up while a service call was in "
                                    "flight (the call was cancelled)",
                                    NULL, NULL, 0);
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
-    s->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)d->cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)d->cfg->idle_timeout_sec, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-        /* Room for headers somewhat past our limit, so we answer 431 ourselves with a JSON body;
-         * not more: MHD zeroes this pool between requests (80 KiB cost ~20% of /health). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(d->cfg->max_header_bytes + 8192),
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
-    if (!s->mhd) {
-        err_set(e, ERR_UNAVAILABLE, "cannot listen on %s", d->cfg->listen_addr);
-        pthread_mutex_destroy(&s->ct_mu);
+    httpd_config hc = {
+        .listen_addr = d->cfg->listen_addr,
+        .threads = d->cfg->http_threads,
+        .header_timeout_ms = d->cfg->header_timeout_sec * 1000,
+        .idle_timeout_ms = d->cfg->idle_timeout_sec * 1000,
+        /* room past the header limit, so that the check in on_request answers 431 in JSON with
+         * the sum of the header lines, as counted before */
+        .max_head_bytes = (size_t)d->cfg->max_header_bytes + 8192,
+        .max_body_bytes = (size_t)d->cfg->max_body_bytes,
+        .max_headers = 256,
+        .max_conns = 10000,
+    };
+    httpd_handlers hh = {.on_request = on_request, .on_gone = on_gone};
+    s->h = httpd_start(&hc, &hh, s, e);
+    if (!s->h) {
         free(s->openapi);
         free(s);
         return NULL;
     }
-    if (pthread_create(&s->reaper, NULL, reaper_main, s) == 0)
-        s->reaper_started = true;
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : ntohs(sa.sin_port);
+    s->port = httpd_port(s->h);
     return s;
 }
 
@@ -1188,9 +911,7 @@ int http_server_port(const http_server *s)
 void http_server_drain(http_server *s)
 {
     atomic_store(&s->draining, true);
-    MHD_socket fd = MHD_quiesce_daemon(s->mhd);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    httpd_quiesce(s->h);
 }
 
 bool http_server_wait_idle(http_server *s, int grace_ms)
@@ -1205,16 +926,13 @@ void http_server_free(http_server *s)
 {
     if (!s)
         return;
-    atomic_store(&s->stop, true);
-    if (s->reaper_started)
-        pthread_join(s->reaper, NULL);
-    MHD_stop_daemon(s->mhd);
-    /* Suspended requests whose gRPC call is still running hold a reference; their callbacks
-     * arrive within the request deadline. */
+    httpd_stop(s->h);
+    /* Requests whose gRPC call is still running hold a reference (and their connection); their
+     * callbacks arrive within the request deadline. */
     int64_t end = rpc_now_ms() + s->d.cfg->request_timeout_ms + 1000;
     while (atomic_load(&s->refs) > 0 && rpc_now_ms() < end)
         usleep(10000);
-    pthread_mutex_destroy(&s->ct_mu);
+    httpd_free(s->h);
     free(s->openapi);
     free(s);
 }

@@ -1,5 +1,5 @@
-/* http_server: libmicrohttpd front end running the request pipeline (route → authn → rate limit →
- * transcode → authz → RPC → JSON), suspending connections while gRPC calls are in flight. */
+/* http_server: the gateway's request pipeline (route → authn → rate limit → transcode → authz →
+ * RPC → JSON) on gateway/httpd; no thread waits while gRPC calls are in flight. */
 #ifndef GATEWAY_HTTP_SERVER_H
 #define GATEWAY_HTTP_SERVER_H
 
@@ -30,7 +30,8 @@ int http_server_port(const http_server *s);
 void http_server_drain(http_server *s);
 /* Step 2: waits until no request is in flight or grace_ms passed; true when idle. */
 bool http_server_wait_idle(http_server *s, int grace_ms);
-/* Step 3: stops the daemon (closes what is left) and waits for outstanding gRPC callbacks. */
+/* Step 3: stops the HTTP loops (closes idle connections) and waits for outstanding gRPC callbacks.
+ */
 void http_server_free(http_server *s);
 
 #endif

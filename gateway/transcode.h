@@ -10,11 +10,10 @@
 
 #include "common/err.h"
 #include "common/mem.h"
+#include "http_parse.h"
 #include "routes.h"
 
-typedef struct transcode_kv {
-    const char *key, *value;
-} transcode_kv;
+typedef http_kv transcode_kv; /* a decoded query parameter, as the HTTP server hands it over */
 
 typedef struct transcode_input {
     const char *body;
