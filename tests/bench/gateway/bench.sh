@@ -9,7 +9,10 @@
 # PERF=1 (C runs: context switches and syscalls per request of gateway, user-service and Redis,
 # counted by perf's software events; steadier than CPU time on a noisy host),
 # CALLGRIND=1 (gateway and user-service run under valgrind's callgrind: C runs report user-space
-# instructions per request, exact enough to A/B a change on a noisy host; throughput is meaningless). Every process started here is stopped at exit (by PID).
+# instructions per request, exact enough to A/B a change on a noisy host; throughput is meaningless),
+# MEMCHECK=1 (gateway and user-service under valgrind's memcheck: their reports are printed at exit,
+# nothing printed = clean; use CONNS=8 SKIP_EXPRESS=1 SKIP_NGINX=1). Every process started here is
+# stopped at exit (by PID).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -25,8 +28,11 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   done
+  if [ -n "${MEMCHECK:-}" ]; then
+    for f in "$W"/vg.*; do [ -s "$f" ] && { echo "== valgrind report $f"; cat "$f"; }; done
+  fi
   "$root/tests/support/harness" stop >/dev/null 2>&1 || true
   if [ -z "${SKIP_EXPRESS:-}" ] && [ -n "${express_started:-}" ]; then (cd "$EXPRESS_DIR" && ./stop.sh >/dev/null 2>&1 || true); fi
   if [ -n "${KEEP_LOGS:-}" ]; then echo "== logs in $W"; else rm -rf "$W"; fi
@@ -59,6 +65,7 @@ $PSQL -c "DROP DATABASE IF EXISTS gwbench" -c "CREATE DATABASE gwbench" >/dev/nu
 $PSQL -d gwbench -f "$root/deploy/postgres/init.sql" >/dev/null
 P_AUTH=$(free_port); P_USER=$(free_port); P_PERM=$(free_port); P_GW=$(free_port)
 vg=(); [ -z "${CALLGRIND:-}" ] || vg=(valgrind -q --tool=callgrind --instr-atstart=no "--callgrind-out-file=$W/cg.%p")
+[ -z "${MEMCHECK:-}" ] || vg=(valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite "--log-file=$W/vg.%p")
 common=(REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 LOG_LEVEL=warn)
 db() { echo "host=127.0.0.1 port=$PGPORT dbname=gwbench user=$1"; }
 mkdir -p "$W/keys"
