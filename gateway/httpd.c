@@ -80,6 +80,8 @@ struct loop {
     pthread_mutex_t post_mu;
     conn *posted;
     bool listening;
+    int64_t accept_paused_until; /* out of descriptors: the listener is out of the epoll set */
+    int64_t accept_warned;
 };
 
 struct httpd {
@@ -695,8 +697,16 @@ static void accept_one(loop *lp)
     socklen_t sl = sizeof ss;
     int fd = accept4(s->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-        if (errno == EMFILE || errno == ENFILE)
-            log_warn(NULL, "accept: %s", strerror(errno));
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* The pending connection stays queued and the listener stays readable: without a
+             * pause this loop would spin on it. The sweep puts the listener back. */
+            if (lp->now - lp->accept_warned >= 1000) {
+                log_warn(NULL, "accept: %s: not accepting for 100 ms", strerror(errno));
+                lp->accept_warned = lp->now;
+            }
+            epoll_ctl(lp->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
+            lp->accept_paused_until = lp->now + 100;
+        }
         return;
     }
     if (atomic_fetch_add(&s->nconns, 1) >= s->c.max_conns) {
@@ -745,6 +755,12 @@ static void sweep(loop *lp)
 {
     httpd *s = lp->s;
     int64_t now = lp->now;
+    if (lp->accept_paused_until && now >= lp->accept_paused_until) {
+        lp->accept_paused_until = 0;
+        struct epoll_event le = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = s};
+        if (lp->listening)
+            epoll_ctl(lp->epfd, EPOLL_CTL_ADD, s->lfd, &le);
+    }
     for (conn *c = lp->list.next, *n; c != &lp->list; c = n) {
         n = c->next;
         pthread_mutex_lock(&c->mu);

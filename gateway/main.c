@@ -1,8 +1,10 @@
 /* gateway: the HTTP/JSON front door: config → log → Redis/keys/clients → HTTP server → signals →
  * graceful shutdown (/ready 503, stop accepting, finish in-flight within SHUTDOWN_GRACE_MS). */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "authn.h"
 #include "common/cache.h"
@@ -28,6 +30,18 @@ static void usage(const char *argv0, const config_opt *tab, size_t ntab)
     rpc_client_policy_print_help();
     printf("\n  --health-check  GET /health on LISTEN_ADDR's port (127.0.0.1 for a wildcard "
            "host, 2 s); exit 0 on 200\n");
+}
+
+/* One descriptor per client connection: the soft limit is often 1024 while the hard one is far
+ * higher, so take the hard one (as nginx's worker_rlimit_nofile and Go's runtime do). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            log_warn(NULL, "setrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+    }
 }
 
 int main(int argc, char **argv)
@@ -99,6 +113,7 @@ int main(int argc, char **argv)
         log_error(NULL, "redis: %s", e.msg);
         goto out;
     }
+    raise_fd_limit();
     http_deps d = {&cfg, an, rl, up, mux, mr};
     hs = http_server_start(&d, &e);
     if (!hs) {

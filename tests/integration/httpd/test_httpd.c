@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -982,6 +983,74 @@ static void test_on_gone_many(void)
 
 /* A second server with max_conns 3: a fourth connection is closed at once; a freed slot is
  * usable again. */
+/* Connects a socket made earlier (no descriptor needed now) and sends one request. */
+static int connect_send(int fd, const char *req)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        return -1;
+    return send(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t)strlen(req) ? 0 : -1;
+}
+
+/* Whether a 200 arrives on fd within ms. */
+static bool answered_within(int fd, int ms)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, ms) != 1)
+        return false;
+    char b[512];
+    ssize_t n = recv(fd, b, sizeof b - 1, 0);
+    if (n <= 0)
+        return false;
+    b[n] = 0;
+    return strncmp(b, "HTTP/1.1 200", 12) == 0;
+}
+
+/* Out of descriptors: accept fails (EMFILE) with the connection still queued, so the listener
+ * stays readable; the server pauses accepting instead of spinning on it, and serves the queued
+ * clients once descriptors are free again. */
+static void test_out_of_fds(void)
+{
+    struct rlimit old;
+    CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_NOFILE, &old), 0);
+    int c1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int c2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int reserve = dup(0);
+    CU_ASSERT_FATAL(c1 >= 0 && c2 >= 0 && reserve >= 0);
+    int lowest = dup(0); /* the lowest free number: every one below it is open */
+    CU_ASSERT_FATAL(lowest >= 0);
+    close(lowest);
+    struct rlimit tight = {(rlim_t)lowest, old.rlim_max};
+    CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_NOFILE, &tight), 0);
+
+    CU_ASSERT_EQUAL(connect_send(c1, "GET /h HTTP/1.1\r\nX-Test: one\r\n\r\n"), 0);
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
+    CU_ASSERT_FALSE(answered_within(c1, 500)); /* cannot be accepted yet */
+    getrusage(RUSAGE_SELF, &r1);
+    long cpu_ms =
+        (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec + r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1000 +
+        (r1.ru_utime.tv_usec - r0.ru_utime.tv_usec + r1.ru_stime.tv_usec - r0.ru_stime.tv_usec) /
+            1000;
+    fprintf(stderr, " (CPU while out of descriptors: %ld ms in 500 ms)", cpu_ms);
+    CU_ASSERT(cpu_ms < 200); /* a loop retrying accept would burn a core: ~500 ms */
+    close(reserve); /* one descriptor free: the paused listener comes back and accepts c1 */
+    CU_ASSERT_TRUE(answered_within(c1, 3000));
+
+    CU_ASSERT_EQUAL(connect_send(c2, "GET /h HTTP/1.1\r\nX-Test: two\r\n\r\n"), 0);
+    CU_ASSERT_FALSE(answered_within(c2, 300));
+    CU_ASSERT_EQUAL(setrlimit(RLIMIT_NOFILE, &old), 0);
+    CU_ASSERT_TRUE(answered_within(c2, 3000));
+    close(c1);
+    close(c2);
+    /* still serving */
+    cli c;
+    CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
+    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: after\r\n\r\n", 200, "after"));
+    cli_close(&c);
+}
+
 static void test_max_conns(void)
 {
     httpd_config cfg = {.listen_addr = "127.0.0.1:0",
@@ -1218,6 +1287,7 @@ int main(void)
                                     {"on_gone", test_on_gone},
                                     {"on_gone, many at once", test_on_gone_many},
                                     {"max_conns", test_max_conns},
+                                    {"out of descriptors", test_out_of_fds},
                                     {"many connections", test_many_connections},
                                     {"big answer, slow reader", test_big_slow_reader},
                                     {"quiesce and stop", test_quiesce_and_stop},
