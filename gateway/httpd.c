@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -316,6 +317,15 @@ static int parse_error_status(http_parse_rc rc)
     }
 }
 
+/* RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host line, else 400. */
+static bool one_host(const http_head *h)
+{
+    int n = 0;
+    for (size_t i = 0; i < h->nheaders; i++)
+        n += strcasecmp(h->headers[i].key, "Host") == 0;
+    return n == 1;
+}
+
 /* Fills c->req from the parsed head and the body at rbuf[body_off..+blen). */
 static void fill_request(conn *c, size_t body_off, size_t blen)
 {
@@ -369,6 +379,10 @@ static int next_request(conn *c)
                     return 1;
                 }
                 if (rc == HP_OK) {
+                    if (c->head.minor >= 1 && !one_host(&c->head)) {
+                        set_error(c, 400);
+                        return 1;
+                    }
                     if (c->head.content_length > (int64_t)s->c.max_body_bytes) {
                         set_error(c, 413);
                         return 1;

@@ -566,7 +566,7 @@ static void test_pipelining(void)
                        "GET /async?id=three&ms=5 HTTP/1.1\r\nHost: t\r\n\r\n"
                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nfour"
                        "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: five\r\n\r\n"
-                       "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                        "3\r\nsix\r\n0\r\n\r\n"
                        "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: seven\r\n\r\n";
     static const char *want[] = {"one", "async two", "async three", "four", "five", "six", "seven"};
@@ -584,7 +584,8 @@ static void test_pipelining(void)
         resp_free(&r);
     }
     /* still usable afterwards */
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: eight\r\n\r\n", 200, "eight"));
+    CU_ASSERT_TRUE(
+        exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: eight\r\n\r\n", 200, "eight"));
     cli_close(&c);
 }
 
@@ -663,7 +664,8 @@ static void test_bodies(void)
     CU_ASSERT_EQUAL(r.status, 200);
     CU_ASSERT_STRING_EQUAL(r.body, "hello");
     resp_free(&r);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: after\r\n\r\n", 200, "after"));
+    CU_ASSERT_TRUE(
+        exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: after\r\n\r\n", 200, "after"));
 
     /* a client that sends the body at once anyway: perhaps a 100 first, then one answer */
     CU_ASSERT_EQUAL(cli_sends(&c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
@@ -677,7 +679,8 @@ static void test_bodies(void)
     CU_ASSERT_EQUAL(r.status, 200);
     CU_ASSERT_STRING_EQUAL(r.body, "abc");
     resp_free(&r);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: after2\r\n\r\n", 200, "after2"));
+    CU_ASSERT_TRUE(
+        exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: after2\r\n\r\n", 200, "after2"));
     cli_close(&c);
 
     /* no 100 Continue to an HTTP/1.0 client (RFC 9110 §10.1.1) */
@@ -725,8 +728,11 @@ static void test_head(void)
     CU_ASSERT_TRUE(
         exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: world\r\n\r\n", 200, "world"));
     /* HEAD of a big answer, pipelined with a GET */
-    CU_ASSERT_EQUAL(cli_sends(&c, "HEAD /big HTTP/1.1\r\n\r\nGET /h HTTP/1.1\r\nX-Test: x\r\n\r\n"),
-                    0);
+    CU_ASSERT_EQUAL(
+        cli_sends(
+            &c,
+            "HEAD /big HTTP/1.1\r\nHost: t\r\n\r\nGET /h HTTP/1.1\r\nHost: t\r\nX-Test: x\r\n\r\n"),
+        0);
     CU_ASSERT_EQUAL_FATAL(cli_read(&c, &r, true, 5000), 0);
     CU_ASSERT_EQUAL(r.status, 200);
     check_framing(&r, MIB);
@@ -768,7 +774,7 @@ static void test_limits(void)
     /* a head past max_head_bytes (8192) */
     size_t n = 9300;
     char *raw = malloc(n + 1);
-    int hl = snprintf(raw, 64, "GET /h HTTP/1.1\r\nX-Big: ");
+    int hl = snprintf(raw, 64, "GET /h HTTP/1.1\r\nHost: t\r\nX-Big: ");
     memset(raw + hl, 'a', n - (size_t)hl - 4);
     memcpy(raw + n - 4, "\r\n\r\n", 5);
     expect_error("head too large", raw, n, 431);
@@ -776,7 +782,7 @@ static void test_limits(void)
 
     /* more header lines than max_headers (64) */
     char many[2048];
-    size_t m = (size_t)snprintf(many, sizeof many, "GET /h HTTP/1.1\r\n");
+    size_t m = (size_t)snprintf(many, sizeof many, "GET /h HTTP/1.1\r\nHost: t\r\n");
     for (int i = 0; i < 70; i++)
         m += (size_t)snprintf(many + m, sizeof many - m, "X-%d: v\r\n", i);
     m += (size_t)snprintf(many + m, sizeof many - m, "\r\n");
@@ -788,7 +794,8 @@ static void test_limits(void)
     /* a chunked body growing past max_body_bytes */
     size_t cap = 6 * (16384 + 16) + 64, len = 0;
     char *ch = malloc(cap);
-    len += (size_t)snprintf(ch, cap, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    len += (size_t)snprintf(ch, cap,
+                            "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 6; i++) {
         len += (size_t)snprintf(ch + len, cap - len, "4000\r\n");
         memset(ch + len, 'c', 16384);
@@ -799,10 +806,11 @@ static void test_limits(void)
     free(ch);
 
     const char *clte =
-        "POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
         "0\r\n\r\n";
     expect_error("Content-Length with Transfer-Encoding", clte, strlen(clte), 400);
-    const char *cl2 = "POST /echo HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    const char *cl2 =
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
     expect_error("two Content-Lengths", cl2, strlen(cl2), 400);
     const char *garbage = "GARBAGE\r\n\r\n";
     expect_error("malformed", garbage, strlen(garbage), 400);
@@ -810,14 +818,23 @@ static void test_limits(void)
     expect_error("space before colon", colon, strlen(colon), 400);
     const char *two = "GET / HTTP/2.0\r\nHost: t\r\n\r\n";
     expect_error("HTTP/2.0", two, strlen(two), 505);
-    const char *gzip = "POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+    const char *gzip = "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n";
     expect_error("gzip", gzip, strlen(gzip), 501);
 
     /* the server is still fine */
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: ok\r\n\r\n", 200, "ok"));
+    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: ok\r\n\r\n", 200, "ok"));
     cli_close(&c);
+    /* RFC 9112 §3.2: HTTP/1.1 needs exactly one Host line; HTTP/1.0 none */
+    const char *nohost = "GET /h HTTP/1.1\r\nX-Test: x\r\n\r\n";
+    expect_error("no Host", nohost, strlen(nohost), 400);
+    const char *twohosts = "GET /h HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
+    expect_error("two Host lines", twohosts, strlen(twohosts), 400);
+    cli c10;
+    CU_ASSERT_EQUAL_FATAL(cli_open(&c10), 0);
+    CU_ASSERT_TRUE(exchange(&c10, "GET /h HTTP/1.0\r\nX-Test: ten\r\n\r\n", 200, "ten"));
+    cli_close(&c10);
 }
 
 /* Expected windows (header 1000 ms, idle 1500 ms) with room for a noisy VM. */
@@ -845,7 +862,8 @@ static void test_timeout_slowloris(void)
 {
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    const char *head = "GET /h HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const char *head =
+        "GET /h HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     long long t0 = ts_now_ms(), closed = -1;
     for (size_t i = 0; head[i] && ts_now_ms() - t0 < CLOSE_MAX_MS + 1000; i++) {
         if (cli_send(&c, head + i, 1, 1000) != 0) {
@@ -863,14 +881,15 @@ static void test_timeout_idle(void)
 {
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: i\r\n\r\n", 200, "i"));
+    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: i\r\n\r\n", 200, "i"));
     long long t0 = ts_now_ms();
     check_window("idle keep-alive", t0, cli_wait_closed(&c, CLOSE_MAX_MS + 1000));
     cli_close(&c);
 
     /* a body that stalls half way */
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_EQUAL(cli_sends(&c, "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf"), 0);
+    CU_ASSERT_EQUAL(
+        cli_sends(&c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhalf"), 0);
     t0 = ts_now_ms();
     check_window("stalled body", t0, cli_wait_closed(&c, CLOSE_MAX_MS + 1000));
     cli_close(&c);
@@ -878,7 +897,7 @@ static void test_timeout_idle(void)
     /* a busy keep-alive connection outlives the header timeout: requests 300 ms apart for 2.4 s */
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
     for (int i = 0; i < 8; i++) {
-        if (!exchange(&c, "GET /h HTTP/1.1\r\nX-Test: busy\r\n\r\n", 200, "busy")) {
+        if (!exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: busy\r\n\r\n", 200, "busy")) {
             fprintf(stderr, "\n  busy connection lost at request %d\n", i);
             CU_FAIL("busy keep-alive connection closed");
             break;
@@ -934,15 +953,15 @@ static void test_on_gone(void)
     /* another connection stays served throughout */
     cli other;
     CU_ASSERT_EQUAL_FATAL(cli_open(&other), 0);
-    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nX-Test: a\r\n\r\n", 200, "a"));
+    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: a\r\n\r\n", 200, "a"));
     hang_then(false);
-    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nX-Test: b\r\n\r\n", 200, "b"));
+    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: b\r\n\r\n", 200, "b"));
     hang_then(true);
-    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nX-Test: c\r\n\r\n", 200, "c"));
+    CU_ASSERT_TRUE(exchange(&other, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: c\r\n\r\n", 200, "c"));
     cli_close(&other);
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: d\r\n\r\n", 200, "d"));
+    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: d\r\n\r\n", 200, "d"));
     cli_close(&c);
 }
 
@@ -977,7 +996,7 @@ static void test_on_gone_many(void)
     }
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: e\r\n\r\n", 200, "e"));
+    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: e\r\n\r\n", 200, "e"));
     cli_close(&c);
 }
 
@@ -1024,7 +1043,7 @@ static void test_out_of_fds(void)
     struct rlimit tight = {(rlim_t)lowest, old.rlim_max};
     CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_NOFILE, &tight), 0);
 
-    CU_ASSERT_EQUAL(connect_send(c1, "GET /h HTTP/1.1\r\nX-Test: one\r\n\r\n"), 0);
+    CU_ASSERT_EQUAL(connect_send(c1, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: one\r\n\r\n"), 0);
     struct rusage r0, r1;
     getrusage(RUSAGE_SELF, &r0);
     CU_ASSERT_FALSE(answered_within(c1, 500)); /* cannot be accepted yet */
@@ -1038,7 +1057,7 @@ static void test_out_of_fds(void)
     close(reserve); /* one descriptor free: the paused listener comes back and accepts c1 */
     CU_ASSERT_TRUE(answered_within(c1, 3000));
 
-    CU_ASSERT_EQUAL(connect_send(c2, "GET /h HTTP/1.1\r\nX-Test: two\r\n\r\n"), 0);
+    CU_ASSERT_EQUAL(connect_send(c2, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: two\r\n\r\n"), 0);
     CU_ASSERT_FALSE(answered_within(c2, 300));
     CU_ASSERT_EQUAL(setrlimit(RLIMIT_NOFILE, &old), 0);
     CU_ASSERT_TRUE(answered_within(c2, 3000));
@@ -1047,7 +1066,8 @@ static void test_out_of_fds(void)
     /* still serving */
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_TRUE(exchange(&c, "GET /h HTTP/1.1\r\nX-Test: after\r\n\r\n", 200, "after"));
+    CU_ASSERT_TRUE(
+        exchange(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: after\r\n\r\n", 200, "after"));
     cli_close(&c);
 }
 
@@ -1070,11 +1090,12 @@ static void test_max_conns(void)
     cli c[3], extra;
     for (int i = 0; i < 3; i++) {
         CU_ASSERT_EQUAL_FATAL(cli_open(&c[i]), 0);
-        CU_ASSERT_TRUE(exchange(&c[i], "GET /h HTTP/1.1\r\nX-Test: in\r\n\r\n", 200, "in"));
+        CU_ASSERT_TRUE(
+            exchange(&c[i], "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: in\r\n\r\n", 200, "in"));
     }
     CU_ASSERT_EQUAL(cli_open(&extra), 0);
     if (extra.fd >= 0) {
-        (void)cli_sends(&extra, "GET /h HTTP/1.1\r\nX-Test: over\r\n\r\n");
+        (void)cli_sends(&extra, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: over\r\n\r\n");
         resp r;
         CU_ASSERT_NOT_EQUAL(cli_read(&extra, &r, false, 2000), 0); /* closed, no answer */
         resp_free(&r);
@@ -1087,7 +1108,7 @@ static void test_max_conns(void)
         cli again;
         if (cli_open(&again) != 0)
             continue;
-        if (cli_sends(&again, "GET /h HTTP/1.1\r\nX-Test: again\r\n\r\n") == 0) {
+        if (cli_sends(&again, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: again\r\n\r\n") == 0) {
             resp r;
             served = cli_read(&again, &r, false, 2000) == 0 && r.status == 200;
             resp_free(&r);
@@ -1175,7 +1196,7 @@ static void test_big_slow_reader(void)
     c.read_delay_us = 500;
     CU_ASSERT_EQUAL_FATAL(cli_sends(&c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
                                         "GET /big?mb=6 HTTP/1.1\r\nHost: t\r\n\r\n"
-                                        "GET /h HTTP/1.1\r\nX-Test: after big\r\n\r\n"),
+                                        "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: after big\r\n\r\n"),
                           0);
     long long t0 = ts_now_ms();
     static const size_t lens[] = {MIB, BIG_LEN};
@@ -1204,7 +1225,8 @@ static void test_quiesce_and_stop(void)
 {
     cli idle, waiting, late;
     CU_ASSERT_EQUAL_FATAL(cli_open(&idle), 0);
-    CU_ASSERT_TRUE(exchange(&idle, "GET /h HTTP/1.1\r\nX-Test: pre\r\n\r\n", 200, "pre"));
+    CU_ASSERT_TRUE(
+        exchange(&idle, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: pre\r\n\r\n", 200, "pre"));
     CU_ASSERT_EQUAL_FATAL(cli_open(&waiting), 0);
     int started = atomic_load(&hang_started);
     CU_ASSERT_EQUAL(cli_sends(&waiting, "GET /hang HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
@@ -1216,7 +1238,8 @@ static void test_quiesce_and_stop(void)
     CU_ASSERT_NOT_EQUAL(rc, 0);
     if (rc == 0)
         cli_close(&late);
-    CU_ASSERT_TRUE(exchange(&idle, "GET /h HTTP/1.1\r\nX-Test: post\r\n\r\n", 200, "post"));
+    CU_ASSERT_TRUE(
+        exchange(&idle, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: post\r\n\r\n", 200, "post"));
 
     httpd_stop(srv);
     /* idle connections are closed; the waiting request keeps its connection and gets its answer */
