@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/fmt.h"
+
 /* RFC 9110 tchar */
 static bool is_tchar(unsigned char c)
 {
@@ -192,17 +194,6 @@ http_parse_rc http_parse_head(char *buf, size_t len, http_kv *hdrs, size_t max_h
     return HP_OK;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* One pass over the chunked form: with out == NULL it only measures (buf untouched), else it
  * moves the data to out (out <= the data, so an in-place move is safe). */
 static http_parse_rc chunked_pass(char *buf, size_t len, size_t max, char *out, size_t *body_len,
@@ -213,10 +204,10 @@ static http_parse_rc chunked_pass(char *buf, size_t len, size_t max, char *out, 
         /* chunk-size [; ext] CRLF */
         size_t size = 0;
         int digits = 0;
-        while (i < len && hexval(buf[i]) >= 0) {
+        while (i < len && fmt_hexval(buf[i]) >= 0) {
             if (size > (SIZE_MAX >> 4) || digits >= 16)
                 return HP_BAD;
-            size = size * 16 + (size_t)hexval(buf[i]);
+            size = size * 16 + (size_t)fmt_hexval(buf[i]);
             digits++;
             i++;
         }
@@ -294,8 +285,8 @@ size_t http_pct_decode(char *s, size_t n, bool plus_is_space)
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+        if (c == '%' && i + 2 < n && fmt_hexval(s[i + 1]) >= 0 && fmt_hexval(s[i + 2]) >= 0) {
+            c = (char)(fmt_hexval(s[i + 1]) * 16 + fmt_hexval(s[i + 2]));
             i += 2;
         } else if (c == '+' && plus_is_space) {
             c = ' ';

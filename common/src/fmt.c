@@ -44,6 +44,17 @@ void fmt_hex(const unsigned char *b, size_t n, char *out)
     out[2 * n] = 0;
 }
 
+int fmt_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 size_t fmt_cat(char *out, size_t size, const char *a, const char *b)
 {
     if (size == 0)

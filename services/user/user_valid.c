@@ -5,6 +5,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/fmt.h"
+
 static bool is_ascii_space(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
@@ -141,24 +143,13 @@ bool user_valid_display_name(arena *a, const char *in, const char **out, char *w
     return true;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 bool user_valid_uuid(const char *in, char out[USER_ID_LEN + 1])
 {
     if (!in || strlen(in) != USER_ID_LEN)
         return false;
     for (int i = 0; i < USER_ID_LEN; i++) {
         bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? in[i] != '-' : hexval(in[i]) < 0)
+        if (dash ? in[i] != '-' : fmt_hexval(in[i]) < 0)
             return false;
     }
     for (int i = 0; i < USER_ID_LEN; i++)

@@ -22,4 +22,7 @@ size_t fmt_cat(char *out, size_t size, const char *a, const char *b);
 /* Lower-case hex of b[0..n) and a NUL into out (2n + 1 bytes). */
 void fmt_hex(const unsigned char *b, size_t n, char *out);
 
+/* The value of one hex digit (either case), or -1 when c is not one. */
+int fmt_hexval(char c);
+
 #endif

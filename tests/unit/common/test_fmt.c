@@ -52,6 +52,12 @@ static void test_hex(void)
     CU_ASSERT_STRING_EQUAL(out, "00017f80abff");
     fmt_hex(b, 0, out);
     CU_ASSERT_STRING_EQUAL(out, "");
+    const char *digits = "0123456789abcdefABCDEF";
+    for (int i = 0; digits[i]; i++)
+        CU_ASSERT_EQUAL(fmt_hexval(digits[i]), i < 16 ? i : i - 6);
+    for (int c = 1; c < 256; c++)
+        if (!strchr(digits, c))
+            CU_ASSERT_EQUAL(fmt_hexval((char)c), -1);
 }
 
 static void test_cat(void)
