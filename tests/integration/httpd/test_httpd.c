@@ -450,9 +450,10 @@ static long long cli_wait_closed(cli *c, int timeout_ms)
 }
 
 /* Sends req, reads one answer and checks status and body; returns whether both matched. */
-static bool exchange(cli *c, const char *req, int status, const char *body)
+/* Sends req (byte by byte with delay_us between bytes when > 0), reads one answer, checks it. */
+static bool exchange_paced(cli *c, const char *req, int delay_us, int status, const char *body)
 {
-    if (cli_sends(c, req) != 0) {
+    if ((delay_us > 0 ? cli_send_slowly(c, req, delay_us) : cli_sends(c, req)) != 0) {
         fprintf(stderr, "\n  send failed for %.40s\n", req);
         return false;
     }
@@ -464,6 +465,11 @@ static bool exchange(cli *c, const char *req, int status, const char *body)
                 r.body ? r.body : "");
     resp_free(&r);
     return ok;
+}
+
+static bool exchange(cli *c, const char *req, int status, const char *body)
+{
+    return exchange_paced(c, req, 0, status, body);
 }
 
 /* A response's framing: Content-Length equal to the body (unless HEAD) and a Date. */
@@ -593,32 +599,16 @@ static void test_split_bytes(void)
 {
     cli c;
     CU_ASSERT_EQUAL_FATAL(cli_open(&c), 0);
-    CU_ASSERT_EQUAL(
-        cli_send_slowly(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: split\r\n\r\n", 1000), 0);
-    resp r;
-    CU_ASSERT_EQUAL_FATAL(cli_read(&c, &r, false, 5000), 0);
-    CU_ASSERT_EQUAL(r.status, 200);
-    CU_ASSERT_STRING_EQUAL(r.body, "split");
-    resp_free(&r);
-    CU_ASSERT_EQUAL(cli_send_slowly(&c,
-                                    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n"
-                                    "hello world",
-                                    1000),
-                    0);
-    CU_ASSERT_EQUAL_FATAL(cli_read(&c, &r, false, 5000), 0);
-    CU_ASSERT_EQUAL(r.status, 200);
-    CU_ASSERT_STRING_EQUAL(r.body, "hello world");
-    resp_free(&r);
-    CU_ASSERT_EQUAL(cli_send_slowly(&c,
-                                    "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
-                                    "chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n"
-                                    "T: 1\r\n\r\n",
-                                    1000),
-                    0);
-    CU_ASSERT_EQUAL_FATAL(cli_read(&c, &r, false, 5000), 0);
-    CU_ASSERT_EQUAL(r.status, 200);
-    CU_ASSERT_STRING_EQUAL(r.body, "hello world");
-    resp_free(&r);
+    CU_ASSERT_TRUE(exchange_paced(&c, "GET /h HTTP/1.1\r\nHost: t\r\nX-Test: split\r\n\r\n", 1000,
+                                  200, "split"));
+    CU_ASSERT_TRUE(exchange_paced(
+        &c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world", 1000, 200,
+        "hello world"));
+    CU_ASSERT_TRUE(exchange_paced(&c,
+                                  "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
+                                  "chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n"
+                                  "T: 1\r\n\r\n",
+                                  1000, 200, "hello world"));
     cli_close(&c);
 }
 
