@@ -7,6 +7,7 @@ SIGTERM and expects exit status 0."""
 import argparse
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,6 +212,7 @@ def main():
         log.close()
     if FAILURES:
         print("server log:\n" + open(os.path.join(tmp, "server.log")).read()[-4000:])
+    shutil.rmtree(tmp, ignore_errors=True)  # generated modules and the log: nothing to keep
     print("%d failure(s)" % len(FAILURES))
     return 1 if FAILURES else 0
 
