@@ -138,6 +138,7 @@ http_parse_rc http_parse_head(char *buf, size_t len, http_kv *hdrs, size_t max_h
     http_parse_rc rc = parse_request_line(line, h);
     if (rc != HP_OK)
         return rc;
+    h->fields_len = (size_t)(e - p);
     const char *te = NULL;
     bool have_cl = false, conn_close = false, conn_keep = false;
     while ((line = next_line(&p, e)) != NULL && *line) {

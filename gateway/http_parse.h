@@ -28,6 +28,7 @@ typedef struct http_head {
     http_kv *headers;   /* the caller's array; names as sent, values without surrounding blanks */
     size_t nheaders;
     size_t head_len;        /* bytes of the head, blank line included */
+    size_t fields_len;      /* of which the header lines and the blank line (no request line) */
     int64_t content_length; /* -1: none */
     bool chunked;           /* Transfer-Encoding: chunked */
     bool keep_alive;        /* what the client asked for (version default, Connection header) */

@@ -36,9 +36,7 @@ struct http_server {
     metrics_family *m_total, *m_duration, *m_rl, *m_gone;
 };
 
-typedef enum stage { ST_ASYNC, ST_WAIT_READY, ST_DONE } stage;
-
-/* Where a request waiting on a service is (ST_ASYNC): which step's completion comes next. */
+/* Where a request waiting on a service is: which step's completion comes next. */
 typedef enum phase { PH_REDIS, PH_CHECK, PH_RPC } phase;
 
 #define READY_CHECKS SVC_COUNT
@@ -53,10 +51,7 @@ typedef struct req {
     char trace_id[33], span_id[17], traceparent[56];
     char client_ip[64];
     const char *method, *path, *origin, *user_agent;
-    const char
-        *authz; /* Authorization header (the bearer token stays here: services get x-actor-id) */
     routes_match m;
-    stage st;
     bool authed;
     jwt_claims claims;
     ProtobufCMessage *msg;
@@ -69,13 +64,12 @@ typedef struct req {
     char rl_key[160];
     const char *rl_kind; /* rate_limit_rejections_total{limiter} */
     int rl_limit, ix_mget, ix_rl;
-    /* The three error slots are arena copies made only on failure: an err_info is ~4 KiB, and
-     * zeroing and copying them took more of a request than the route lookup. */
+    /* An arena copy made only on failure: an err_info is ~4 KiB, and zeroing one per request
+     * took more of it than the route lookup. */
     err_info *terr;    /* a transcoding error, reported after the Redis step */
     rpc_cancel cancel; /* fired when the client leaves first: the service stops working for it */
     atomic_int pending;
     routes_svc call_svc;
-    ProtobufCMessage *resp;
     arena *ready_arena[READY_CHECKS];
     err_code ready_rc[READY_CHECKS];
     ProtobufCMessage *ready_resp[READY_CHECKS];
@@ -146,7 +140,6 @@ static void req_complete(req *q);
 /* The body; the request is over after (metrics, log, its memory). */
 static void resp_end(req *q, const char *body, size_t len)
 {
-    q->st = ST_DONE;
     httpd_end(q->hr, body, len);
     q->hr = NULL;
     req_complete(q);
@@ -234,7 +227,7 @@ static void fill_md(req *q, rpc_metadata *md)
 }
 
 static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_info *e);
-static void respond_rpc(req *q, err_info *e);
+static void respond_rpc(req *q, ProtobufCMessage *resp, err_info *e);
 
 /* Starts a call for a waiting request; on_done runs when it completes (on a gRPC thread, or
  * right here when the call cannot start). */
@@ -324,8 +317,7 @@ static void on_done(void *arg, err_code code, ProtobufCMessage *resp, const err_
             start_rpc(q);
         }
     } else {
-        q->resp = resp;
-        respond_rpc(q, code != ERR_OK ? &ce : NULL);
+        respond_rpc(q, resp, code != ERR_OK ? &ce : NULL);
     }
     req_unref(q);
 }
@@ -379,8 +371,7 @@ static void serve_local(req *q);
 /* Local token verification (signature, claims; cached). Answers and returns false on failure. */
 static bool verify_token(req *q)
 {
-    q->authz = hdr(q, "Authorization");
-    const char *token = mw_bearer(q->authz);
+    const char *token = mw_bearer(hdr(q, "Authorization"));
     err_info e;
     err_clear(&e);
     if (!token) {
@@ -494,7 +485,6 @@ static void process(req *q)
         cmds[n] = (cache_mux_cmd){6, q->rlc.argv, q->rlc.lens};
         q->ix_rl = n++;
     }
-    q->st = ST_ASYNC;
     q->ph = PH_REDIS;
     atomic_fetch_add(&q->refs, 1);
     err_info e;
@@ -540,7 +530,7 @@ static void send_upstream_error(req *q, err_info *e)
 }
 
 /* The route's RPC finished (e: its error, NULL on success): the answer, from the gRPC thread. */
-static void respond_rpc(req *q, err_info *e)
+static void respond_rpc(req *q, ProtobufCMessage *resp, err_info *e)
 {
     const routes_route *r = q->m.route;
     if (e) {
@@ -548,15 +538,15 @@ static void respond_rpc(req *q, err_info *e)
         return;
     }
     size_t len = 0;
-    char *json = r->status == 204 ? "" : pbjson_encode(q->resp, NULL, q->a, &len);
+    const char *json = r->status == 204 ? "" : pbjson_encode(resp, NULL, q->a, &len);
     resp_begin(q, r->status, "application/json", len);
     const gw_config *cfg = q->s->d.cfg;
     char cookie[2048];
-    if ((r->flags & RF_SET_COOKIE) && q->resp) {
-        const char *tok = transcode_get_str(q->resp, "refresh_token");
-        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(
-            q->resp->descriptor, "refresh_expires_in");
-        int max_age = f ? *(const int32_t *)((const char *)q->resp + f->offset) : 0;
+    if ((r->flags & RF_SET_COOKIE) && resp) {
+        const char *tok = transcode_get_str(resp, "refresh_token");
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(resp->descriptor, "refresh_expires_in");
+        int max_age = f ? *(const int32_t *)((const char *)resp + f->offset) : 0;
         if (*tok && strlen(tok) < 1500) {
             mw_refresh_cookie(cookie, sizeof cookie, tok, max_age, cfg->cookie_secure);
             httpd_header(q->hr, "Set-Cookie", cookie);
@@ -607,7 +597,6 @@ static void start_ready(req *q)
 {
     static const char HEALTH[] = "/grpc.health.v1.Health/Check";
     static const char *ping[] = {"PING"};
-    q->st = ST_WAIT_READY;
     /* one more than the probes: the last probe cannot answer while this loop still uses q */
     atomic_store(&q->pending, READY_CHECKS + 2);
     atomic_fetch_add(&q->refs, 1);
@@ -772,19 +761,10 @@ static void on_request(void *ud, httpd_req *hr)
     req *q = req_new(s, hr);
     hr->user = q;
     atomic_fetch_add(&s->inflight, 1);
-    q->st = ST_DONE;
     if (hr->error) {
         send_http_error(q, hr->error);
         return;
     }
-    size_t hsize = 0;
-    for (size_t i = 0; i < hr->nheaders; i++)
-        hsize += strlen(hr->headers[i].key) + strlen(hr->headers[i].value) + 4;
-    if (hsize > (size_t)s->d.cfg->max_header_bytes) {
-        send_code(q, ERR_RESOURCE_EXHAUSTED, 431, "request header fields too large");
-        return;
-    }
-
     bool preflight = strcmp(hr->method, "OPTIONS") == 0;
     routes_find(preflight ? "\x01" : hr->method, q->path, &q->m);
     if (preflight) {
@@ -885,9 +865,7 @@ http_server *http_server_start(const http_deps *d, err_info *e)
         .threads = d->cfg->http_threads,
         .header_timeout_ms = d->cfg->header_timeout_sec * 1000,
         .idle_timeout_ms = d->cfg->idle_timeout_sec * 1000,
-        /* room past the header limit, so that the check in on_request answers 431 in JSON with
-         * the sum of the header lines, as counted before */
-        .max_head_bytes = (size_t)d->cfg->max_header_bytes + 8192,
+        .max_head_bytes = (size_t)d->cfg->max_header_bytes,
         .max_body_bytes = (size_t)d->cfg->max_body_bytes,
         .max_headers = 256,
         .max_conns = 10000,

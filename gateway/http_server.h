@@ -30,8 +30,7 @@ int http_server_port(const http_server *s);
 void http_server_drain(http_server *s);
 /* Step 2: waits until no request is in flight or grace_ms passed; true when idle. */
 bool http_server_wait_idle(http_server *s, int grace_ms);
-/* Step 3: stops the HTTP loops (closes idle connections) and waits for outstanding gRPC callbacks.
- */
+/* Step 3: stops the HTTP loops (idle connections close) and awaits outstanding gRPC callbacks. */
 void http_server_free(http_server *s);
 
 #endif

@@ -24,12 +24,14 @@
 #include "common/fmt.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/rpc_server.h" /* rpc_now_ms */
 
 #define RBUF_MIN 4096
 #define WBUF_MIN 4096
 #define BUF_KEEP (64 * 1024) /* buffers grown past this are shrunk once their request is done */
 #define LINGER_MS 2000       /* after an error answer: how long unread input is drained */
 #define SWEEP_MS 100
+#define LINE_ROOM 8192 /* room for the request line beside max_head_bytes of header lines */
 
 typedef enum phase { P_HEAD, P_BODY, P_IDLE, P_LINGER } phase;
 
@@ -98,13 +100,6 @@ struct httpd {
     atomic_int nconns;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void wake(loop *lp)
 {
     uint64_t one = 1;
@@ -158,9 +153,13 @@ static void rbuf_grow(conn *c, size_t need)
     size_t cap = c->rcap ? c->rcap : RBUF_MIN;
     while (cap < need)
         cap *= 2;
+    /* A new block and a copy rather than realloc: the offsets are taken while the old block is
+     * still valid. */
     char *old = c->rbuf;
-    char *nb = xrealloc(c->rbuf, cap);
-    if (c->ph == P_BODY && nb != old) {
+    char *nb = xmalloc(cap);
+    if (c->rlen)
+        memcpy(nb, old, c->rlen);
+    if (c->ph == P_BODY) {
         http_head *h = &c->head;
         h->method = nb + (h->method - old);
         h->target = nb + (h->target - old);
@@ -169,6 +168,7 @@ static void rbuf_grow(conn *c, size_t need)
             c->hdrs[i].value = nb + (c->hdrs[i].value - old);
         }
     }
+    free(old);
     c->rbuf = nb;
     c->rcap = cap;
 }
@@ -370,9 +370,10 @@ static int next_request(conn *c)
                 }
                 http_parse_rc rc =
                     http_parse_head(c->rbuf, c->rlen, c->hdrs, s->c.max_headers, &c->head);
-                if (rc == HP_OK && c->head.head_len > s->c.max_head_bytes)
+                size_t cap = s->c.max_head_bytes + LINE_ROOM;
+                if (rc == HP_OK && c->head.fields_len > s->c.max_head_bytes)
                     rc = HP_TOO_LARGE;
-                if (rc == HP_INCOMPLETE && c->rlen > s->c.max_head_bytes)
+                if (rc == HP_INCOMPLETE && c->rlen > cap)
                     rc = HP_TOO_LARGE;
                 if (rc != HP_OK && rc != HP_INCOMPLETE) {
                     set_error(c, parse_error_status(rc));
@@ -401,8 +402,9 @@ static int next_request(conn *c)
             if (c->drained)
                 return 0; /* saves the read that would only say EAGAIN */
             size_t want = c->rlen < RBUF_MIN ? RBUF_MIN - c->rlen : c->rlen;
-            if (c->rlen + want > s->c.max_head_bytes + 1)
-                want = s->c.max_head_bytes + 1 - c->rlen;
+            size_t cap = s->c.max_head_bytes + LINE_ROOM;
+            if (c->rlen + want > cap + 1)
+                want = cap + 1 - c->rlen;
             int rr = read_more(c, want ? want : 1);
             if (rr <= 0)
                 return rr;
@@ -680,7 +682,7 @@ void httpd_end(httpd_req *r, const char *body, size_t len)
     pthread_mutex_lock(&c->mu);
     if (!c->hup && !flush(c))
         c->hup = true;
-    int64_t now = now_ms();
+    int64_t now = rpc_now_ms();
     bool clean = !c->hup && c->woff == c->wlen && !c->close_after && !c->ev && !c->peer_eof &&
                  !c->maybe_more && c->rlen == c->req_len;
     if (clean)
@@ -817,7 +819,7 @@ static void *loop_main(void *arg)
     int64_t next_sweep = 0;
     while (!atomic_load(&s->stop)) {
         int n = epoll_wait(lp->epfd, evs, 128, SWEEP_MS);
-        lp->now = now_ms();
+        lp->now = rpc_now_ms();
         bool woke = false;
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
@@ -911,7 +913,7 @@ httpd *httpd_start(const httpd_config *c, const httpd_handlers *h, void *ud, err
         lp->s = s;
         lp->list.next = lp->list.prev = &lp->list;
         pthread_mutex_init(&lp->post_mu, NULL);
-        lp->now = now_ms();
+        lp->now = rpc_now_ms();
         lp->epfd = epoll_create1(EPOLL_CLOEXEC);
         lp->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         s->nloops++;

@@ -46,7 +46,7 @@ typedef struct httpd_config {
     int threads;
     int header_timeout_ms; /* from a connection's first byte (or its accept) to a complete head */
     int idle_timeout_ms;   /* keep-alive wait for the next request; also any stall mid-body */
-    size_t max_head_bytes; /* request line and headers; past it: error 431 */
+    size_t max_head_bytes; /* header lines (the request line may add up to 8 KiB); past it: 431 */
     size_t max_body_bytes; /* past it: error 413 */
     size_t max_headers;    /* header lines; past it: error 431 */
     int max_conns;         /* accepted connections past it are closed at once */

@@ -108,6 +108,8 @@ static void test_head_simple_get(void)
     CU_ASSERT_STRING_EQUAL(p.hdrs[1].key, "User-Agent");
     CU_ASSERT_STRING_EQUAL(p.hdrs[1].value, "t/1.0");
     CU_ASSERT_EQUAL(p.h.head_len, strlen(req) - 4);
+    /* the header lines and the blank line, without "GET /v1/users/me?x=1 HTTP/1.1\r\n" */
+    CU_ASSERT_EQUAL(p.h.fields_len, strlen(req) - 4 - 31);
     CU_ASSERT_EQUAL(memcmp(p.buf + p.h.head_len, "NEXT", 4), 0);
     CU_ASSERT_EQUAL(p.h.content_length, -1);
     CU_ASSERT_TRUE(p.h.keep_alive);
